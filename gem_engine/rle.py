@@ -59,14 +59,16 @@ def encode_rle(mask: np.ndarray) -> list[int]:
 def _run_codes(lengths: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Return (code, bit width) per emitted code for runs, splitting runs longer than 65536."""
     # The SDK emits floor((n - 1) / 65536) full pieces of 65536, then the remainder (1..65536).
+    # Every piece keeps the class of the whole run: a 65540-long run ends with a 16-bit piece of 4.
+    size_class = np.searchsorted(np.array([8, 16, 256]), lengths, side="left").astype(np.int64)
     pieces = np.where(lengths > 256, (lengths - 1) // _MAX_RUN + 1, 1)
     if pieces.max() > 1:
         values = np.repeat(values, pieces)
+        size_class = np.repeat(size_class, pieces)
         last = np.cumsum(pieces) - 1
         remainder = lengths - (pieces - 1) * _MAX_RUN
         lengths = np.full(values.size, _MAX_RUN, dtype=np.int64)
         lengths[last] = remainder
-    size_class = np.searchsorted(np.array([8, 16, 256]), lengths, side="left").astype(np.int64)
     length_bits = np.array(_RLE_SIZES, dtype=np.int64)[size_class]
     widths = 3 + length_bits + _WORD_SIZE
     repeat = lengths > 1

@@ -1,0 +1,139 @@
+"""Brush RLE: byte-identical to the SDK's mask2rle, decodes back, rejects bad input clearly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from label_studio_sdk.converter.brush import decode_rle as sdk_decode_rle
+from label_studio_sdk.converter.brush import mask2rle
+
+from gem_engine.rle import decode_rle, decode_rle_values, encode_rle
+
+
+def _sdk(mask: np.ndarray) -> list[int]:
+    return mask2rle(mask.astype(np.uint8) * 255 if mask.dtype == np.bool_ else mask)
+
+
+def _check(mask: np.ndarray) -> list[int]:
+    ours = encode_rle(mask)
+    assert ours == _sdk(mask)
+    assert all(type(v) is int for v in ours)
+    height, width = mask.shape
+    assert np.array_equal(decode_rle(ours, height, width), mask.astype(bool))
+    return ours
+
+
+shapes = st.tuples(st.integers(1, 40), st.integers(1, 40))
+
+
+@settings(max_examples=150, deadline=None)
+@given(arrays(np.bool_, shapes))
+def test_random_bool_masks_match_sdk(mask):
+    _check(mask)
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.uint8, shapes, elements=st.sampled_from([0, 1, 7, 128, 255])))
+def test_uint8_masks_keep_their_values_like_sdk(mask):
+    ours = encode_rle(mask)
+    assert ours == mask2rle(mask)
+    values = decode_rle_values(ours).reshape(*mask.shape, 4)
+    assert np.array_equal(values[..., 3], mask)
+
+
+@st.composite
+def run_masks(draw):
+    """Masks built from a few long runs, so that run lengths cross every size class and 65536."""
+    width = draw(st.integers(1, 700))
+    # 16384 pixels = 65536 values: lengths near its multiples leave tiny last pieces after splitting.
+    near_split = st.builds(lambda k, d: max(1, 16384 * k + d), st.integers(1, 3), st.integers(-70, 70))
+    runs = draw(st.lists(st.one_of(st.integers(1, 40_000), near_split), min_size=1, max_size=6))
+    flat = np.concatenate([np.full(n, i % 2, dtype=bool) for i, n in enumerate(runs)])
+    pad = (-flat.size) % width
+    flat = np.concatenate([flat, np.zeros(pad, dtype=bool)])
+    return flat.reshape(-1, width)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(run_masks())
+def test_long_runs_match_sdk(mask):
+    _check(mask)
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        np.zeros((1, 1), bool),
+        np.ones((1, 1), bool),
+        np.zeros((37, 53), bool),
+        np.ones((37, 53), bool),
+        np.eye(1, 300, 150, dtype=bool),  # 1xN single pixel
+        np.eye(300, 1, -299, dtype=bool),  # Nx1, last pixel
+        np.ones((1, 1000), bool),
+        np.ones((1000, 1), bool),
+    ],
+    ids=["1x1-empty", "1x1-full", "empty", "full", "1xN-pixel", "Nx1-pixel", "1xN-full", "Nx1-full"],
+)
+def test_edge_shapes_match_sdk(mask):
+    _check(mask)
+
+
+@pytest.mark.parametrize("pixels", [16384, 16385, 40000, 65536, 70001])
+def test_runs_longer_than_65536_values_split_like_sdk(pixels):
+    # pixels * 4 channels: 65536, 65540, 160000, 262144, 280004 values in a single run.
+    full = np.ones((1, pixels), bool)
+    ours = _check(full)
+    assert ours[:4] == list((pixels * 4).to_bytes(4, "big"))
+    one_pixel = full.copy()
+    one_pixel[0, pixels // 2] = False
+    _check(one_pixel)
+
+
+def test_single_pixel_in_large_mask_matches_sdk():
+    mask = np.zeros((300, 400), bool)
+    mask[123, 321] = True
+    _check(mask)
+
+
+def test_decoder_agrees_with_sdk_decoder():
+    rng = np.random.default_rng(3)
+    mask = rng.random((30, 20)) < 0.4
+    ours = encode_rle(mask)
+    assert np.array_equal(decode_rle_values(ours), sdk_decode_rle(ours))
+
+
+def test_non_contiguous_input_is_encoded_as_viewed():
+    rng = np.random.default_rng(4)
+    big = rng.random((40, 60)) < 0.5
+    view = big[::2, ::3].T
+    assert encode_rle(view) == _sdk(np.ascontiguousarray(view))
+
+
+@pytest.mark.parametrize(
+    ("mask", "error"),
+    [
+        (np.zeros((2, 2, 2), bool), ValueError),
+        (np.zeros(5, bool), ValueError),
+        (np.zeros((0, 5), bool), ValueError),
+        (np.zeros((3, 3), np.float32), TypeError),
+        (np.zeros((3, 3), np.int64), TypeError),
+    ],
+)
+def test_bad_masks_are_rejected(mask, error):
+    with pytest.raises(error):
+        encode_rle(mask)
+
+
+def test_decode_rejects_size_mismatch_and_garbage():
+    rle = encode_rle(np.ones((4, 5), bool))
+    with pytest.raises(ValueError, match="needs"):
+        decode_rle(rle, 5, 5)
+    with pytest.raises(ValueError):
+        decode_rle([1, 2, 3], 1, 1)
+    with pytest.raises(ValueError):
+        decode_rle([0, 0, 0, 4, 300, 0, 0], 1, 1)
+    with pytest.raises(ValueError, match="ends"):
+        decode_rle(rle[:7], 4, 5)
