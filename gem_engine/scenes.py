@@ -64,11 +64,11 @@ class SceneObject:
     def prompt(self, kind: str = "full") -> str:
         """Return the label text for this object: full name, color only or shape only."""
         if kind == "full":
-            return self.name
+            return mention(self.color, self.shape)
         if kind == "color":
-            return f"{self.color} object"
+            return mention(self.color, None)
         if kind == "shape":
-            return self.shape
+            return mention(None, self.shape)
         raise ValueError(f"unknown prompt kind {kind!r}; expected one of {PROMPT_KINDS}")
 
 
@@ -132,55 +132,74 @@ def scenes(seed: int, count: int, size: int = 128, max_objects: int = 3) -> Iter
         yield make_scene(scene_rng(seed, index), size=size, max_objects=max_objects)
 
 
-def caption(objects: Sequence[SceneObject] | Sequence[tuple[str, str]], rng: np.random.Generator) -> str:
-    """Return a caption naming the given objects (SceneObjects or (color, shape) pairs) in that order."""
-    names = [o.name if isinstance(o, SceneObject) else f"{o[0]} {o[1]}" for o in objects]
+def mention(color: str | None, shape: str | None) -> str:
+    """Return how a caption names an object: "red circle", "red object" (color only) or "circle" (shape only)."""
+    if color and shape:
+        return f"{color} {shape}"
+    if color:
+        return f"{color} object"
+    if shape:
+        return shape
+    raise ValueError("an object mention needs a color, a shape or both")
+
+
+def caption(objects: Sequence[SceneObject] | Sequence[str], rng: np.random.Generator) -> str:
+    """Return a caption naming the given objects (SceneObjects or mention strings) in that order."""
+    names = [o.name if isinstance(o, SceneObject) else str(o) for o in objects]
     if not names:
         raise ValueError("a caption needs at least one object")
+    # Half the captions keep "a" before vowels, as prompt templates like "a photo of a {}." do.
+    fix = _articles if rng.random() < 0.5 else str
     if len(names) == 1:
-        return _articles(str(rng.choice(_SINGLE_TEMPLATES)).format(names[0]))
+        return fix(str(rng.choice(_SINGLE_TEMPLATES)).format(names[0]))
     listed = [f"a {n}" for n in names]
     joined = ", ".join(listed[:-1]) + " and " + listed[-1]
-    return _articles(str(rng.choice(_MULTI_TEMPLATES)).format(joined))
-
-
-def _articles(text: str) -> str:
-    """Return ``text`` with "a" before a vowel turned into "an"."""
-    return re.sub(r"\ba (?=[aeiou])", "an ", text)
+    return fix(str(rng.choice(_MULTI_TEMPLATES)).format(joined))
 
 
 def training_pair(scene: Scene, rng: np.random.Generator) -> tuple[str, str]:
     """Return (caption, hard negative) for a scene: the negative names the same layout with a wrong attribute.
 
-    The caption mentions all objects in random order, or sometimes a subset. The negative swaps colors
-    between two objects, or replaces one object's color or shape with one absent from the scene, so
-    that only an encoder that binds color to shape can tell the two apart.
+    The caption mentions all objects in random order, or sometimes a subset; most mentions give color
+    and shape, a few only one of them. The negative swaps colors between two objects, or replaces one
+    object's color or shape with one absent from the scene, so that only an encoder that binds color
+    to shape can tell the two apart.
     """
     order = list(rng.permutation(len(scene.objects)))
     if len(order) > 1 and rng.random() < 0.3:
         order = order[: int(rng.integers(1, len(order)))]
-    chosen = [(scene.objects[i].color, scene.objects[i].shape) for i in order]
+    chosen: list[tuple[str | None, str | None]] = []
+    for i in order:
+        color, shape = scene.objects[i].color, scene.objects[i].shape
+        kind = rng.random()
+        chosen.append((color, None) if kind < 0.1 else (None, shape) if kind < 0.2 else (color, shape))
     negative = list(chosen)
     used_colors = {o.color for o in scene.objects}
     used_shapes = {o.shape for o in scene.objects}
+    full = [i for i, (c, s) in enumerate(chosen) if c and s]
     move = rng.random()
-    if len(chosen) > 1 and move < 0.4:
-        i, j = rng.choice(len(chosen), size=2, replace=False)
+    if len(full) > 1 and move < 0.4:
+        i, j = rng.choice(full, size=2, replace=False)
         negative[i], negative[j] = (chosen[j][0], chosen[i][1]), (chosen[i][0], chosen[j][1])
     else:
         i = int(rng.integers(len(chosen)))
-        if move < 0.7:
+        color, shape = chosen[i]
+        if shape is None or (color is not None and move < 0.7):
             color = str(rng.choice([c for c in COLORS if c not in used_colors]))
-            negative[i] = (color, chosen[i][1])
         else:
             shape = str(rng.choice([s for s in SHAPES if s not in used_shapes]))
-            negative[i] = (chosen[i][0], shape)
+        negative[i] = (color, shape)
     # The same template draw for both, so the negative differs from the caption only in attributes.
     state = rng.bit_generator.state
-    text = caption(chosen, rng)
+    text = caption([mention(c, s) for c, s in chosen], rng)
     rng.bit_generator.state = state
-    hard = caption(negative, rng)
+    hard = caption([mention(c, s) for c, s in negative], rng)
     return text, hard
+
+
+def _articles(text: str) -> str:
+    """Return ``text`` with "a" before a vowel turned into "an"."""
+    return re.sub(r"\ba (?=[aeiou])", "an ", text)
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
