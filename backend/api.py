@@ -1,0 +1,301 @@
+"""The HTTP API Label Studio talks to: parse, enqueue, wait, format. Never imports torch.
+
+Routes: GET /health, POST /setup, POST /predict, POST /webhook, GET /metrics, GET /jobs/{id}.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any
+
+import redis
+from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+
+from backend import queue as rq_queue
+from backend.jobs import (
+    OptionsError,
+    ProjectOptions,
+    image_url_of,
+    job_id,
+    make_payload,
+    model_version,
+    project_id,
+)
+from backend.label_config import LabelConfigError, Vocabulary, parse_label_config
+from backend.metrics import CONTENT_TYPE, ApiMetrics
+from backend.settings import Settings
+
+log = logging.getLogger("gem_labeler.api")
+MODEL_CLASS = "GemLabeler"
+PROJECT_TTL_S = 90 * 86400
+ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+
+
+class _Redis:
+    """Lazily made Redis clients: a normal one, and one with very short timeouts for /health."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._main: redis.Redis | None = None
+        self._health: redis.Redis | None = None
+
+    def main(self) -> redis.Redis:
+        if self._main is None:
+            self._main = rq_queue.connect(self.url)
+        return self._main
+
+    def health(self) -> redis.Redis:
+        if self._health is None:
+            self._health = rq_queue.connect(self.url, timeout_s=0.3)
+        return self._health
+
+
+def _bad_request(message: str) -> HTTPException:
+    return HTTPException(status_code=400, detail=message)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Return the FastAPI app serving Label Studio's ML backend protocol."""
+    settings = settings or Settings.from_env()
+    clients = _Redis(settings.redis_url)
+    prefix = settings.queue_prefix
+    metrics = ApiMetrics(clients.health, prefix)
+    basic = HTTPBasic(auto_error=False)
+
+    def check_auth(credentials: HTTPBasicCredentials | None = Depends(basic)) -> None:
+        if not settings.auth_enabled:
+            return
+        # Compare both fields in constant time and always both, so timing does not say which was wrong.
+        ok_user = secrets.compare_digest(
+            (credentials.username if credentials else "").encode(), settings.basic_auth_user.encode()
+        )
+        ok_pass = secrets.compare_digest(
+            (credentials.password if credentials else "").encode(), settings.basic_auth_pass.encode()
+        )
+        if not (credentials and ok_user and ok_pass):
+            raise HTTPException(401, "basic auth required", headers={"WWW-Authenticate": 'Basic realm="gem-labeler"'})
+
+    app = FastAPI(title="gem-labeler", dependencies=[Depends(check_auth)])
+    app.state.settings = settings
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
+        message = rq_queue.describe_error(settings.redis_url, exc)
+        log.error("%s %s: %s", request.method, request.url.path, message)
+        return JSONResponse(status_code=503, content={"detail": message})
+
+    @app.exception_handler(rq_queue.RedisUnavailable)
+    async def redis_unset(request: Request, exc: rq_queue.RedisUnavailable) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": str(exc)})
+
+    def project_state(project: str) -> tuple[dict[str, Any], str | None]:
+        stored = rq_queue.load_project(clients.main(), prefix, project) or {}
+        return stored.get("extra_params") or {}, stored.get("label_config")
+
+    def options_for(extra: dict[str, Any]) -> ProjectOptions:
+        try:
+            return ProjectOptions.from_settings(settings, extra)
+        except OptionsError as exc:
+            raise _bad_request(f"extra_params: {exc}") from None
+
+    def vocabulary_for(config: str | None) -> Vocabulary:
+        try:
+            return parse_label_config(config)
+        except LabelConfigError as exc:
+            raise _bad_request(f"label config: {exc}") from None
+
+    @app.get("/")
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        info: dict[str, Any] = {"status": "UP", "model_class": MODEL_CLASS}
+        try:
+            conn = clients.health()
+            conn.ping()
+            info["redis"] = "ok"
+            info["workers"] = rq_queue.worker_count(conn, prefix)
+            info["queued"] = {q: c["queued"] for q, c in rq_queue.queue_counts(conn, prefix).items()}
+        except (redis.RedisError, rq_queue.RedisUnavailable, OSError) as exc:
+            info["redis"] = rq_queue.describe_error(settings.redis_url, exc)
+            info["workers"] = None
+        return info
+
+    @app.post("/setup")
+    def setup(body: dict[str, Any]) -> dict[str, Any]:
+        vocabulary_for(body.get("schema") or body.get("label_config"))
+        extra = body.get("extra_params") or {}
+        if isinstance(extra, str):  # Label Studio sends the text box as a JSON string
+            extra = _json_object(extra)
+        options = options_for(extra)
+        project = project_id(body.get("project"))
+        data = {"label_config": body.get("schema") or body.get("label_config"), "extra_params": extra}
+        rq_queue.save_project(clients.main(), prefix, project, data, PROJECT_TTL_S)
+        return {"model_version": model_version(options)}
+
+    @app.post("/predict")
+    def predict(body: dict[str, Any]) -> dict[str, Any]:
+        started = time.monotonic()
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list):
+            raise _bad_request("'tasks' must be a list of Label Studio tasks")
+        params = body.get("params") or {}
+        context = params.get("context") if isinstance(params, dict) else None
+        interactive = bool(context and isinstance(context, dict) and context.get("result"))
+        project = project_id(body.get("project"))
+        extra, stored_config = project_state(project)
+        vocabulary = vocabulary_for(body.get("label_config") or stored_config)
+        options = options_for(extra)
+        version = model_version(options)
+        items = _predict(clients.main(), settings, project, tasks, vocabulary, options, version,
+                         context if interactive else None)
+        mode = "interactive" if interactive else "batch"
+        metrics.predict_latency.labels(mode).observe(time.monotonic() - started)
+        for item in items:
+            metrics.predict_tasks.labels(
+                "result" if "result" in item else "error" if "error" in item else "pending"
+            ).inc()
+        if interactive and items and all("status" in item and "error" not in item for item in items):
+            workers = rq_queue.worker_count(clients.main(), prefix)
+            raise HTTPException(
+                504,
+                f"no interactive result within PREDICT_WAIT_S={settings.predict_wait_s} s "
+                f"({workers} worker(s) listening); try again or add workers",
+            )
+        return {"results": items, "model_version": version}
+
+    @app.post("/webhook")
+    def webhook(body: dict[str, Any], background: BackgroundTasks) -> dict[str, Any]:
+        action = body.get("action")
+        project_obj = body.get("project") or {}
+        project = project_id(project_obj)
+        if action == "TASKS_CREATED":
+            tasks = body.get("tasks") or []
+            config = project_obj.get("label_config") if isinstance(project_obj, dict) else None
+            background.add_task(_prelabel_created, clients.main(), settings, project, tasks, config)
+            return {"status": "accepted", "tasks": len(tasks)}
+        if action in ANNOTATION_EVENTS:
+            event = {"action": action, "annotation": body.get("annotation"), "task": body.get("task"),
+                     "received_at": time.time()}
+            rq_queue.store_annotation(clients.main(), prefix, project, event)
+            return {"status": "stored"}
+        return {"status": "ignored", "action": action}
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/jobs/{ident}")
+    def job(ident: str) -> dict[str, Any]:
+        info = rq_queue.job_status(clients.main(), prefix, ident)
+        if info is None:
+            raise HTTPException(404, f"no job {ident!r} (unknown, or its result expired after RESULT_TTL_S)")
+        return info
+
+    return app
+
+
+def _predict(
+    conn: redis.Redis,
+    settings: Settings,
+    project: str,
+    tasks: list[Any],
+    vocabulary: Vocabulary,
+    options: ProjectOptions,
+    version: str,
+    context: dict[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """Return one item per task: a prediction, an error, or a pending marker (no `result` key)."""
+    prefix = settings.queue_prefix
+    items: list[dict[str, Any] | None] = [None] * len(tasks)
+    jobs: dict[int, str] = {}
+    payloads: dict[int, dict[str, Any]] = {}
+    config_hash = vocabulary.config_hash()
+    for i, task in enumerate(tasks):
+        try:
+            url = image_url_of(task, vocabulary)
+        except ValueError as exc:
+            items[i] = {"error": str(exc), "task": task.get("id") if isinstance(task, dict) else None}
+            continue
+        ident = job_id(prefix=prefix, project=project, task_id=task.get("id"), version=version,
+                       config_hash=config_hash, image_url=url, context=context)
+        jobs[i] = ident
+        payloads[i] = make_payload(job=ident, prefix=prefix, project=project, task=task, image_url=url,
+                                   vocabulary=vocabulary, options=options, version=version, context=context)
+    order = list(jobs)
+    results = rq_queue.read_results(conn, prefix, [jobs[i] for i in order])
+    for i, result in zip(order, results, strict=True):
+        if result is None:
+            status = rq_queue.enqueue(conn, settings, payloads[i], interactive=context is not None)
+            log.info("task %s job %s: %s", payloads[i]["task_id"], jobs[i], status)
+    results = rq_queue.wait_for_results(conn, prefix, [jobs[i] for i in order], settings.predict_wait_s,
+                                        known=results)
+    for i, result in zip(order, results, strict=True):
+        if result is None and settings.can_push and context is None:
+            result = rq_queue.request_push(conn, prefix, jobs[i], settings.result_ttl_s)
+        items[i] = _item(result, jobs[i], payloads[i]["task_id"], settings)
+    return [item for item in items if item is not None]
+
+
+def _item(result: dict[str, Any] | None, ident: str, task_id: Any, settings: Settings) -> dict[str, Any]:
+    if result is None:
+        later = "the worker will push it to Label Studio" if settings.can_push else "ask again for the result"
+        return {"status": "pending", "job_id": ident, "task": task_id, "detail": f"not finished in time; {later}"}
+    if "error" in result:
+        return {"error": result["error"], "job_id": ident, "task": task_id}
+    return result["prediction"]
+
+
+def _prelabel_created(
+    conn: redis.Redis, settings: Settings, project: str, tasks: list[Any], config: str | None
+) -> None:
+    """Enqueue batch pre-labeling of tasks Label Studio just created; results are pushed when possible."""
+    prefix = settings.queue_prefix
+    try:
+        stored = rq_queue.load_project(conn, prefix, project) or {}
+        vocabulary = parse_label_config(config or stored.get("label_config"))
+        options = ProjectOptions.from_settings(settings, stored.get("extra_params") or {})
+    except (LabelConfigError, OptionsError, redis.RedisError) as exc:
+        log.error("webhook TASKS_CREATED project %s: not pre-labeled: %s", project, exc)
+        return
+    version = model_version(options)
+    config_hash = vocabulary.config_hash()
+    for task in tasks:
+        try:
+            url = image_url_of(task, vocabulary)
+        except ValueError as exc:
+            log.warning("webhook project %s task %s skipped: %s", project, _task_id(task), exc)
+            continue
+        ident = job_id(prefix=prefix, project=project, task_id=task.get("id"), version=version,
+                       config_hash=config_hash, image_url=url)
+        payload = make_payload(job=ident, prefix=prefix, project=project, task=task, image_url=url,
+                               vocabulary=vocabulary, options=options, version=version)
+        try:
+            if settings.can_push:
+                conn.set(rq_queue.key(prefix, "push", ident), "1", ex=settings.result_ttl_s)
+            status = rq_queue.enqueue(conn, settings, payload, interactive=False)
+        except redis.RedisError as exc:
+            log.error("webhook project %s task %s: %s", project, task.get("id"),
+                      rq_queue.describe_error(settings.redis_url, exc))
+            return
+        log.info("webhook project %s task %s job %s: %s", project, task.get("id"), ident, status)
+
+
+def _task_id(task: Any) -> Any:
+    return task.get("id") if isinstance(task, dict) else None
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    import json
+
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _bad_request(f"extra_params is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise _bad_request("extra_params must be a JSON object")
+    return value

@@ -1,0 +1,241 @@
+"""Redis side of the backend: connections, RQ queues (JSON serializer), enqueueing, result storage.
+
+Results live under their own keys (`<prefix>:result:<job id>`, JSON, with a TTL) so that /predict reads
+a whole batch with one MGET. The "push to Label Studio" handshake between the API (which gave up
+waiting) and the worker (which finished) is two small transactions, so a prediction is either
+returned by /predict or pushed by the worker, never both and never neither.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from rq import Queue, Retry
+from rq.callbacks import Callback
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from backend.jobs import FAILURE_CALLBACK, JOB_FUNCTION
+from backend.settings import Settings
+
+INTERACTIVE = "interactive"
+BATCH = "batch"
+RETRY_INTERVALS = [2, 10, 30]
+DEAD_STATUSES = (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+
+
+class RedisUnavailable(RuntimeError):
+    """Redis cannot be reached; the message says where and why."""
+
+
+def connect(url: str, *, timeout_s: float = 2.0) -> redis.Redis:
+    """Return a Redis client with short timeouts (the connection is made lazily)."""
+    if not url:
+        raise RedisUnavailable("REDIS_URL is not set")
+    # The health check_interval keeps a long-lived API connection honest after a Redis restart.
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, health_check_interval=30
+    )
+
+
+def describe_error(url: str, exc: Exception) -> str:
+    """Return a user-facing sentence for a Redis failure."""
+    where = url.split("@")[-1]  # never echo a password
+    return f"Redis at {where} is unreachable ({type(exc).__name__}: {exc}); start it or fix REDIS_URL"
+
+
+def queue_name(prefix: str, priority: str) -> str:
+    """Return the RQ queue name for a priority (`interactive` or `batch`)."""
+    return f"{prefix}-{priority}"
+
+
+def get_queues(conn: redis.Redis, prefix: str) -> list[Queue]:
+    """Return the queues in the order workers must serve them: interactive before batch."""
+    return [Queue(queue_name(prefix, p), connection=conn, serializer=JSONSerializer) for p in (INTERACTIVE, BATCH)]
+
+
+def key(prefix: str, kind: str, ident: str) -> str:
+    """Return a Redis key of this deployment (`kind` is result, push, claim, project, annotations...)."""
+    return f"{prefix}:{kind}:{ident}"
+
+
+def enqueue(conn: redis.Redis, settings: Settings, payload: dict[str, Any], *, interactive: bool) -> str:
+    """Enqueue a payload's job unless it is already queued, running or done; return what happened.
+
+    Returns "enqueued", "exists" (another request's job will deliver), or "done" (a result is stored).
+    """
+    prefix = payload["prefix"]
+    job = payload["job_id"]
+    queue = Queue(
+        queue_name(prefix, INTERACTIVE if interactive else BATCH), connection=conn, serializer=JSONSerializer
+    )
+    for _ in range(2):
+        try:
+            queue.enqueue_call(
+                JOB_FUNCTION,
+                args=(payload,),
+                job_id=job,
+                timeout=settings.job_timeout_s,
+                result_ttl=settings.result_ttl_s,
+                failure_ttl=settings.error_ttl_s,
+                retry=Retry(max=settings.job_retries, interval=RETRY_INTERVALS) if settings.job_retries else None,
+                on_failure=Callback(FAILURE_CALLBACK),
+                description=f"task {payload['task_id']} project {payload['project']}",
+                unique=True,
+            )
+            return "enqueued"
+        except DuplicateJobError:
+            if conn.exists(key(prefix, "result", job)):
+                return "done"
+            try:
+                status = Job.fetch(job, connection=conn, serializer=JSONSerializer).get_status(refresh=False)
+            except NoSuchJobError:
+                continue  # expired between the two calls: enqueue again
+            if status in DEAD_STATUSES:
+                # Died without a stored result (a killed worker): drop the husk and compute again.
+                Job(job, connection=conn, serializer=JSONSerializer).delete(remove_from_queue=True)
+                continue
+            return "exists"
+    return "exists"
+
+
+def read_results(conn: redis.Redis, prefix: str, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+    """Return the stored result of each job (None where there is none yet)."""
+    if not job_ids:
+        return []
+    raw = conn.mget([key(prefix, "result", j) for j in job_ids])
+    return [json.loads(r) if r is not None else None for r in raw]
+
+
+def wait_for_results(
+    conn: redis.Redis,
+    prefix: str,
+    job_ids: Sequence[str],
+    timeout_s: float,
+    *,
+    known: list[dict[str, Any] | None] | None = None,
+    poll_s: float = 0.02,
+) -> list[dict[str, Any] | None]:
+    """Return the results of `job_ids`, waiting up to `timeout_s` for missing ones (None where still missing)."""
+    results = list(known) if known is not None else read_results(conn, prefix, job_ids)
+    deadline = time.monotonic() + timeout_s
+    delay = poll_s
+    while any(r is None for r in results) and time.monotonic() < deadline:
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, 0.25)
+        missing = [i for i, r in enumerate(results) if r is None]
+        for i, value in zip(missing, read_results(conn, prefix, [job_ids[i] for i in missing]), strict=True):
+            results[i] = value
+    return results
+
+
+def store_result(conn: redis.Redis, prefix: str, job: str, result: dict[str, Any], ttl_s: int) -> bool:
+    """Store a job's result; return whether an API request gave up on it (the worker must push it)."""
+    with conn.pipeline(transaction=True) as pipe:
+        pipe.set(key(prefix, "result", job), json.dumps(result), ex=ttl_s)
+        pipe.get(key(prefix, "push", job))
+        _, push = pipe.execute()
+    return push is not None
+
+
+def request_push(conn: redis.Redis, prefix: str, job: str, ttl_s: int) -> dict[str, Any] | None:
+    """Ask the worker to push the job's prediction; return the result instead if it just arrived."""
+    with conn.pipeline(transaction=True) as pipe:
+        pipe.set(key(prefix, "push", job), "1", ex=ttl_s)
+        pipe.get(key(prefix, "result", job))
+        _, raw = pipe.execute()
+    if raw is None:
+        return None
+    conn.delete(key(prefix, "push", job))
+    return json.loads(raw)
+
+
+def job_status(conn: redis.Redis, prefix: str, job: str) -> dict[str, Any] | None:
+    """Return status, error and timing of one job, or None when Redis knows nothing of it."""
+    stored = read_results(conn, prefix, [job])[0]
+    try:
+        rq_job = Job.fetch(job, connection=conn, serializer=JSONSerializer)
+    except NoSuchJobError:
+        rq_job = None
+    if rq_job is None and stored is None:
+        return None
+    info: dict[str, Any] = {"id": job}
+    if rq_job is not None:
+        status = rq_job.get_status(refresh=False)
+        info.update(
+            status=str(status.value if hasattr(status, "value") else status),
+            queue=rq_job.origin,
+            description=rq_job.description,
+            enqueued_at=rq_job.enqueued_at.isoformat() if rq_job.enqueued_at else None,
+            started_at=rq_job.started_at.isoformat() if rq_job.started_at else None,
+            ended_at=rq_job.ended_at.isoformat() if rq_job.ended_at else None,
+            retries_left=rq_job.retries_left,
+        )
+    if stored is not None:
+        if "error" in stored:
+            info.update(status="failed", error=stored["error"])
+        else:
+            info.update(status="finished")
+        info["task_id"] = stored.get("task_id")
+    return info
+
+
+def queue_counts(conn: redis.Redis, prefix: str) -> dict[str, dict[str, int]]:
+    """Return, per queue, how many jobs are queued, started, finished and failed."""
+    counts: dict[str, dict[str, int]] = {}
+    for queue in get_queues(conn, prefix):
+        priority = queue.name.rsplit("-", 1)[-1]
+        counts[priority] = {
+            "queued": queue.count,
+            "started": queue.started_job_registry.count,
+            "finished": queue.finished_job_registry.count,
+            "failed": queue.failed_job_registry.count,
+        }
+    return counts
+
+
+def record_engine_time(conn: redis.Redis, prefix: str, method: str, seconds: float, images: int) -> None:
+    """Add one engine call's time to the shared per-method totals (for /metrics)."""
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.hincrbyfloat(key(prefix, "engine", "seconds"), method, seconds)
+        pipe.hincrby(key(prefix, "engine", "images"), method, images)
+        pipe.execute()
+
+
+def engine_totals(conn: redis.Redis, prefix: str) -> dict[str, tuple[float, int]]:
+    """Return per method the total engine seconds and images."""
+    seconds = conn.hgetall(key(prefix, "engine", "seconds"))
+    images = conn.hgetall(key(prefix, "engine", "images"))
+    return {m.decode(): (float(s), int(images.get(m, 0))) for m, s in seconds.items()}
+
+
+def save_project(conn: redis.Redis, prefix: str, project: str, data: dict[str, Any], ttl_s: int) -> None:
+    """Remember a project's label config and extra params (from /setup)."""
+    conn.set(key(prefix, "project", project or "_"), json.dumps(data), ex=ttl_s)
+
+
+def load_project(conn: redis.Redis, prefix: str, project: str) -> dict[str, Any] | None:
+    """Return what /setup stored for a project, if anything."""
+    raw = conn.get(key(prefix, "project", project or "_"))
+    return json.loads(raw) if raw else None
+
+
+def store_annotation(conn: redis.Redis, prefix: str, project: str, event: dict[str, Any], keep: int = 10000) -> None:
+    """Append an annotation event to the project's list kept for later calibration."""
+    name = key(prefix, "annotations", project or "_")
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.lpush(name, json.dumps(event))
+        pipe.ltrim(name, 0, keep - 1)
+        pipe.execute()
+
+
+def worker_count(conn: redis.Redis, prefix: str) -> int:
+    """Return how many RQ workers listen on this deployment's queues."""
+    from rq import Worker
+
+    return sum(Worker.count(queue=q) for q in get_queues(conn, prefix)[:1])

@@ -1,0 +1,164 @@
+"""Every environment variable the backend reads, with its default and meaning, in one place.
+
+A setting is one dataclass field whose metadata names the variable and says what it means; the
+README's configuration table and the docker-compose test are checked against `ENV_VARS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value that cannot be used."""
+
+
+def _env(name: str, default: Any, meaning: str) -> Any:
+    return field(default=default, metadata={"env": name, "meaning": meaning})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Backend configuration, read from the environment by `Settings.from_env`."""
+
+    # Redis and queues
+    redis_url: str = _env("REDIS_URL", "", "Redis URL shared by the API and workers (`redis://host:6379/0`, "
+                          "`unix:///path.sock`); empty: `gem-labeler serve` starts an embedded Redis in DATA_DIR")
+    queue_prefix: str = _env("QUEUE_PREFIX", "gem-labeler",
+                             "prefix of queue names and Redis keys, so several deployments can share one Redis")
+    result_ttl_s: int = _env("RESULT_TTL_S", 86400, "seconds a finished prediction is kept in Redis")
+    error_ttl_s: int = _env("ERROR_TTL_S", 600,
+                            "seconds a failed task's error is kept; a request after that computes it again")
+    job_timeout_s: int = _env("JOB_TIMEOUT_S", 300, "seconds one job may run before the worker stops it")
+    job_retries: int = _env("JOB_RETRIES", 2, "retries (with backoff) of a job that failed for a transient reason")
+    worker_batch_size: int = _env("WORKER_BATCH_SIZE", 8,
+                                  "images a worker runs through the engine together when several jobs wait")
+    # Model and method
+    model_name: str = _env("MODEL_NAME", "ViT-B-16", "open_clip model name (a ViT for GEM; ViT or ResNet for Grad-CAM)")
+    model_pretrained: str = _env("MODEL_PRETRAINED", "openai",
+                                 "open_clip pretrained tag, or a local checkpoint file (.pt/.bin/.safetensors)")
+    model_config: str = _env("MODEL_CONFIG", "",
+                             "JSON open_clip model config registered under its file stem (custom models)")
+    model_cache_dir: str = _env("MODEL_CACHE_DIR", "",
+                                "where open_clip / Hugging Face weights are cached or mounted (empty: their default)")
+    device: str = _env("DEVICE", "auto", "`auto` (CUDA when present), `cpu`, `cuda`, `cuda:N`")
+    precision: str = _env("PRECISION", "fp32", "`fp32`, `fp16` or `bf16` (half precision on GPU only)")
+    method: str = _env("METHOD", "gem", "heatmap method: `gem` or `gradcam` (per project: extra param `method`)")
+    # Regions and outputs (per project: extra params of the same name in lower case)
+    region_mode: str = _env("REGION_MODE", "semantic",
+                            "`semantic` (each pixel to its best label or background) or `independent` (per-label threshold)")
+    threshold: str = _env("THRESHOLD", "otsu", "per-label threshold in independent mode: `otsu` or a number in [0, 1]")
+    min_area: float = _env("MIN_AREA", 0.001, "smallest region kept, as a fraction of the image area")
+    score_threshold: float = _env("SCORE_THRESHOLD", 0.0, "regions scoring below this are dropped")
+    outputs: str = _env("OUTPUTS", "brush,polygon,rectangle",
+                        "which result types to produce when the label config has the control for them")
+    # HTTP API
+    host: str = _env("HOST", "0.0.0.0", "address the API listens on")
+    port: int = _env("PORT", 9090, "port the API listens on")
+    predict_wait_s: float = _env("PREDICT_WAIT_S", 30.0,
+                                 "seconds /predict waits for results (Label Studio gives up after 100 s)")
+    basic_auth_user: str = _env("BASIC_AUTH_USER", "", "with BASIC_AUTH_PASS: HTTP basic auth on every route")
+    basic_auth_pass: str = _env("BASIC_AUTH_PASS", "", "password for BASIC_AUTH_USER")
+    # Label Studio and images
+    label_studio_url: str = _env("LABEL_STUDIO_URL", "",
+                                 "Label Studio base URL, for uploads, presigned cloud URLs and pushing late predictions")
+    label_studio_api_key: str = _env("LABEL_STUDIO_API_KEY", "",
+                                     "Label Studio legacy token or personal access token")
+    local_files_document_root: str = _env("LOCAL_FILES_DOCUMENT_ROOT", "",
+                                          "folder served as `/data/local-files/?d=...` (same as Label Studio's)")
+    allowed_image_hosts: tuple[str, ...] = _env("ALLOWED_IMAGE_HOSTS", (),
+                                                "comma list of extra hosts images may be fetched from")
+    allow_private_addresses: bool = _env("ALLOW_PRIVATE_ADDRESSES", False,
+                                         "allow image hosts that resolve to loopback/private addresses "
+                                         "(link-local such as 169.254.169.254 stays refused; Label Studio itself is always allowed)")
+    image_max_bytes: int = _env("IMAGE_MAX_BYTES", 50 * 1024 * 1024, "largest image file accepted, in bytes")
+    image_max_pixels: int = _env("IMAGE_MAX_PIXELS", 50_000_000,
+                                 "largest image accepted, in pixels (width x height; decompression-bomb guard)")
+    fetch_connect_timeout_s: float = _env("FETCH_CONNECT_TIMEOUT_S", 5.0, "seconds to connect to an image host")
+    fetch_read_timeout_s: float = _env("FETCH_READ_TIMEOUT_S", 30.0,
+                                       "seconds an image host may stay silent while sending")
+    fetch_total_timeout_s: float = _env("FETCH_TOTAL_TIMEOUT_S", 120.0, "seconds one image download may take in all")
+    # Process
+    data_dir: str = _env("DATA_DIR", "data", "folder for the embedded Redis and other local state")
+    log_level: str = _env("LOG_LEVEL", "INFO", "Python logging level")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Return settings read from `environ` (default `os.environ`), then `overrides` applied."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = f.metadata["env"]
+            if name in environ:
+                values[f.name] = _parse(name, environ[name], f.default)
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise SettingsError naming the first variable whose value cannot work."""
+        if self.method not in ("gem", "gradcam"):
+            raise SettingsError(f"METHOD must be 'gem' or 'gradcam', not {self.method!r}")
+        if self.region_mode not in ("semantic", "independent"):
+            raise SettingsError(f"REGION_MODE must be 'semantic' or 'independent', not {self.region_mode!r}")
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            raise SettingsError(f"PRECISION must be fp32, fp16 or bf16, not {self.precision!r}")
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        for name in ("result_ttl_s", "error_ttl_s", "job_timeout_s", "worker_batch_size", "port"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{env_name(name)} must be positive, not {getattr(self, name)}")
+        if self.predict_wait_s < 0:
+            raise SettingsError(f"PREDICT_WAIT_S must be >= 0, not {self.predict_wait_s}")
+        if self.job_retries < 0:
+            raise SettingsError(f"JOB_RETRIES must be >= 0, not {self.job_retries}")
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Return whether basic auth is required."""
+        return bool(self.basic_auth_user)
+
+    @property
+    def can_push(self) -> bool:
+        """Return whether predictions can be pushed to Label Studio through its REST API."""
+        return bool(self.label_studio_url and self.label_studio_api_key)
+
+
+def _parse(name: str, raw: str, default: Any) -> Any:
+    raw = raw.strip()
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off", ""):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            return tuple(item.strip() for item in raw.split(",") if item.strip())
+    except ValueError:
+        kind = type(default).__name__
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind}") from None
+    return raw
+
+
+def env_name(field_name: str) -> str:
+    """Return the environment variable behind a Settings field."""
+    return next(f.metadata["env"] for f in dataclasses.fields(Settings) if f.name == field_name)
+
+
+# (variable, default as the environment would spell it, meaning), in declaration order.
+ENV_VARS: list[tuple[str, str, str]] = [
+    (
+        f.metadata["env"],
+        ",".join(f.default) if isinstance(f.default, tuple) else str(f.default),
+        f.metadata["meaning"],
+    )
+    for f in dataclasses.fields(Settings)
+]
