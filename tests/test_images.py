@@ -1,0 +1,276 @@
+"""Image URL resolution and safe decoding, over the committed bad-input corpus (tests/fixtures/bad_inputs)."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backend import images
+from backend.images import FetchPolicy, ImageError, decode_image, load_task_image, resolve_image_url
+from backend.settings import Settings
+from tests.fixtures import make_bad_inputs
+
+CORPUS = Path(__file__).parent / "fixtures" / "bad_inputs"
+MANIFEST = json.loads((CORPUS / "manifest.json").read_text())
+LS = "http://ls.test:8080"
+
+
+@pytest.fixture
+def local_root(tmp_path: Path) -> Path:
+    """A LOCAL_FILES_DOCUMENT_ROOT with one image, a sub-folder and a symlink pointing outside it."""
+    root = tmp_path / "root"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "ok.png").write_bytes((CORPUS / "ok_rgb.png").read_bytes())
+    secret = tmp_path / "secret.png"
+    secret.write_bytes((CORPUS / "ok_rgb.png").read_bytes())
+    os.symlink(secret, root / "outside_link.png")
+    return root
+
+
+@pytest.fixture
+def policy(local_root: Path) -> FetchPolicy:
+    return FetchPolicy(
+        label_studio_url=LS,
+        label_studio_api_key="token",
+        local_files_root=str(local_root),
+        allowed_hosts=("images.example.com", "*.cdn.example.org"),
+    )
+
+
+def test_corpus_on_disk_matches_its_generator():
+    """The committed files are exactly what tests/fixtures/make_bad_inputs.py writes (reproducible corpus)."""
+    built = make_bad_inputs.build()
+    assert set(built) == set(MANIFEST["images"])
+    for name, (data, expected) in built.items():
+        assert (CORPUS / name).read_bytes() == data, name
+        assert MANIFEST["images"][name] == expected
+    assert len(built) + len(MANIFEST["urls"]) >= 40
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST["images"]))
+def test_corpus_image_decodes_or_fails_clearly(name: str):
+    expected = MANIFEST["images"][name]
+    data = (CORPUS / name).read_bytes()
+    if "ok" in expected:
+        image = decode_image(data)
+        assert image.mode == "RGB"
+        assert list(image.size) == expected["ok"]
+        np.asarray(image)  # pixels are really there
+    else:
+        with pytest.raises(ImageError) as info:
+            decode_image(data)
+        assert info.value.reason == expected["error"], info.value.message
+        assert info.value.message and not info.value.retryable
+
+
+def test_exif_rotation_makes_the_image_upright():
+    stored = Image.open(CORPUS / "exif_rotated.jpg")
+    assert stored.size == (40, 30)
+    upright = decode_image((CORPUS / "exif_rotated.jpg").read_bytes())
+    assert upright.size == (30, 40)
+    # The gradient's left column (red=0) ends up on top after a 90 degree clockwise turn.
+    pixels = np.asarray(upright).astype(int)
+    assert pixels[0, :, 0].mean() < pixels[-1, :, 0].mean()
+
+
+def test_sixteen_bit_png_keeps_its_range_instead_of_clipping_to_white():
+    rgb = np.asarray(decode_image((CORPUS / "gray16.png").read_bytes()))
+    source = np.asarray(Image.open(CORPUS / "gray16.png")).astype(np.float64)
+    assert (rgb[..., 0] == rgb[..., 1]).all()
+    assert rgb.max() < 255 or source.max() >= 65535  # not clipped
+    assert np.corrcoef(rgb[..., 0].ravel(), source.ravel())[0, 1] > 0.99
+
+
+def test_transparent_pixels_become_white_not_black():
+    rgb = np.asarray(decode_image((CORPUS / "palette_transparency.png").read_bytes()))
+    palette = Image.open(CORPUS / "palette_transparency.png")
+    transparent = np.asarray(palette) == palette.info["transparency"]
+    assert transparent.any()
+    assert (rgb[transparent] == 255).all()
+
+
+def test_animated_gif_gives_its_first_frame():
+    rgb = np.asarray(decode_image((CORPUS / "animated.gif").read_bytes()))
+    assert tuple(rgb[0, 0]) == (255, 0, 0)
+
+
+def test_cmyk_jpeg_is_converted_to_rgb():
+    rgb = np.asarray(decode_image((CORPUS / "cmyk.jpg").read_bytes())).astype(int)
+    reference = np.asarray(decode_image((CORPUS / "ok_rgb.jpg").read_bytes())).astype(int)
+    assert np.abs(rgb - reference).mean() < 20
+
+
+def test_pixel_limit_is_configurable():
+    data = (CORPUS / "ok_rgb.png").read_bytes()
+    assert decode_image(data, max_pixels=40 * 30).size == (40, 30)
+    with pytest.raises(ImageError, match="pixel limit") as info:
+        decode_image(data, max_pixels=40 * 30 - 1)
+    assert info.value.reason == "too_large"
+
+
+def test_html_error_page_is_named_as_such():
+    with pytest.raises(ImageError, match="HTML"):
+        decode_image((CORPUS / "html_as_image.png").read_bytes())
+
+
+def test_pillow_global_bomb_limit_is_left_untouched():
+    before = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageError):
+        decode_image((CORPUS / "bomb_header_100000x100000.png").read_bytes())
+    assert Image.MAX_IMAGE_PIXELS == before
+
+
+# ----------------------------------------------------------------------------------------- resolution
+
+
+@pytest.mark.parametrize("case", MANIFEST["urls"], ids=lambda case: case["url"][:40])
+def test_corpus_url_is_refused_with_a_reason(case: dict, policy: FetchPolicy):
+    with pytest.raises(ImageError) as info:
+        resolved = resolve_image_url(case["url"], policy)
+        # Only local files may get past resolution here; an http target would mean a fetch was allowed.
+        assert resolved.kind == "file", f"{case['url']!r} resolved to {resolved}"
+        images.read_image_bytes(resolved, policy)
+    assert info.value.reason == case["error"], info.value.message
+
+
+def test_non_string_urls_are_refused(policy: FetchPolicy):
+    for value in (None, 42, ["a"], {"url": "x"}, b"/data/upload/1/a.png"):
+        with pytest.raises(ImageError) as info:
+            resolve_image_url(value, policy)
+        assert info.value.reason == "invalid_url"
+
+
+def test_upload_paths_go_to_label_studio_with_a_storage_proxy_fallback(policy: FetchPolicy):
+    for url in ("/data/upload/3/a b.png", "data/upload/3/a b.png", "upload/3/a b.png", "/upload/3/a b.png"):
+        resolved = resolve_image_url(url, policy)
+        assert resolved.kind == "http"
+        assert resolved.urls == (
+            LS + "/data/upload/3/a b.png",
+            LS + "/storage-data/uploaded/?filepath=upload/3/a%20b.png",
+        )
+
+
+def test_absolute_label_studio_urls_are_recognised(policy: FetchPolicy):
+    resolved = resolve_image_url(LS + "/data/upload/1/x.jpg", policy)
+    assert resolved.urls[0] == LS + "/data/upload/1/x.jpg"
+    # An absolute local-files URL on Label Studio is read from disk when the root is shared.
+    resolved = resolve_image_url(LS + "/data/local-files/?d=images/ok.png", policy)
+    assert resolved.kind == "file"
+
+
+def test_label_studio_paths_without_label_studio_url_say_what_to_set():
+    with pytest.raises(ImageError, match="LABEL_STUDIO_URL") as info:
+        resolve_image_url("/data/upload/1/a.png", FetchPolicy())
+    assert info.value.reason == "invalid_url"
+
+
+def test_local_files_are_read_from_the_document_root(policy: FetchPolicy, local_root: Path):
+    image = load_task_image(
+        "/data/local-files/?d=images%2Fok.png",
+        SimpleNamespace(local_files_document_root=str(local_root)),
+    )
+    assert image.size == (40, 30)
+    resolved = resolve_image_url("/data/local-files/?d=images/ok.png", policy)
+    assert resolved.path == (local_root / "images" / "ok.png").resolve()
+
+
+def test_local_files_without_root_are_fetched_through_label_studio():
+    resolved = resolve_image_url("/data/local-files/?d=images/ok.png", FetchPolicy(label_studio_url=LS))
+    assert resolved.kind == "http" and resolved.urls == (LS + "/data/local-files/?d=images/ok.png",)
+
+
+def test_local_file_over_the_byte_limit_is_refused_before_reading(local_root: Path):
+    settings = SimpleNamespace(local_files_document_root=str(local_root), image_max_bytes=100)
+    with pytest.raises(ImageError, match="byte limit") as info:
+        load_task_image("/data/local-files/?d=images/ok.png", settings)
+    assert info.value.reason == "too_large"
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/dir/a.jpg", "gs://bucket/a.jpg", "azure-blob://container/a.jpg"])
+def test_cloud_uris_go_through_label_studio_presign(uri: str, policy: FetchPolicy):
+    resolved = resolve_image_url(uri, policy, task_id=17)
+    encoded = base64.urlsafe_b64encode(uri.encode()).decode()
+    assert resolved.urls == (f"{LS}/tasks/17/presign/?fileuri={encoded}",)
+    assert resolved.trust_label_studio_redirects
+    by_project = resolve_image_url(uri, policy, project_id=4)
+    assert by_project.urls == (f"{LS}/projects/4/presign/?fileuri={encoded}",)
+    with pytest.raises(ImageError, match="task id"):
+        resolve_image_url(uri, policy)
+    with pytest.raises(ImageError, match="LABEL_STUDIO_URL"):
+        resolve_image_url(uri, FetchPolicy(), task_id=1)
+
+
+def test_allowed_hosts_exact_and_wildcard(policy: FetchPolicy):
+    assert resolve_image_url("https://images.example.com/a.png", policy).urls == ("https://images.example.com/a.png",)
+    assert resolve_image_url("https://a.b.cdn.example.org/x", policy).kind == "http"
+    for url in ("https://cdn.example.org.evil.com/x", "https://example.com/x", "https://xcdn.example.org/x"):
+        with pytest.raises(ImageError) as info:
+            resolve_image_url(url, policy)
+        assert info.value.reason == "forbidden"
+    anything = FetchPolicy(allowed_hosts=("*",))
+    assert resolve_image_url("https://anything.example/x.png", anything).kind == "http"
+
+
+def test_data_uris_are_decoded_with_the_byte_cap():
+    data = (CORPUS / "ok_rgb.png").read_bytes()
+    uri = "data:image/png;base64," + base64.b64encode(data).decode()
+    assert load_task_image(uri, SimpleNamespace()).size == (40, 30)
+    with pytest.raises(ImageError) as info:
+        load_task_image(uri, SimpleNamespace(image_max_bytes=len(data) - 1))
+    assert info.value.reason == "too_large"
+
+
+@pytest.mark.parametrize(
+    ("address", "private_ok", "expected"),
+    [
+        ("8.8.8.8", False, True),
+        ("2001:4860:4860::8888", False, True),
+        ("127.0.0.1", False, False),
+        ("127.0.0.1", True, True),
+        ("10.1.2.3", False, False),
+        ("192.168.0.1", True, True),
+        ("100.64.0.1", False, False),
+        ("::1", False, False),
+        ("::ffff:127.0.0.1", False, False),
+        ("::ffff:8.8.8.8", False, True),
+        ("fd00::1", False, False),
+        ("169.254.169.254", True, False),
+        ("fe80::1", True, False),
+        ("0.0.0.0", True, False),
+        ("224.0.0.1", True, False),
+    ],
+)
+def test_address_policy(address: str, private_ok: bool, expected: bool):
+    assert images.address_allowed(ipaddress.ip_address(address), allow_private=private_ok) is expected
+
+
+def test_policy_reads_the_real_settings_class(local_root: Path):
+    settings = Settings.from_env(
+        {
+            "LABEL_STUDIO_URL": LS,
+            "LABEL_STUDIO_API_KEY": "abc",
+            "LOCAL_FILES_DOCUMENT_ROOT": str(local_root),
+            "ALLOWED_IMAGE_HOSTS": "images.example.com, Other.Example.org",
+            "ALLOW_PRIVATE_ADDRESSES": "true",
+            "IMAGE_MAX_BYTES": "1234",
+            "IMAGE_MAX_PIXELS": "5678",
+            "FETCH_CONNECT_TIMEOUT_S": "1.5",
+            "FETCH_READ_TIMEOUT_S": "2.5",
+        }
+    )
+    policy = FetchPolicy.from_settings(settings)
+    assert policy.label_studio_origin == ("http", "ls.test", 8080)
+    assert policy.allowed_hosts == ("images.example.com", "other.example.org")
+    assert policy.allow_private and policy.max_bytes == 1234 and policy.max_pixels == 5678
+    assert (policy.connect_timeout_s, policy.read_timeout_s) == (1.5, 2.5)
+    assert policy.local_files_root == str(local_root)
+    defaults = FetchPolicy.from_settings(Settings.from_env({}))
+    assert defaults.label_studio_url is None and not defaults.allow_private and defaults.allowed_hosts == ()
