@@ -1,0 +1,201 @@
+"""`gem-labeler worker`: an RQ worker that loads the model once per process and batches waiting jobs.
+
+It is an RQ `SimpleWorker` (jobs run in the worker process itself, no fork), so the model loaded at
+start serves every job and CUDA is never touched after a fork. When a job starts and more jobs for the
+same model and method wait in its queue, it claims up to WORKER_BATCH_SIZE - 1 of them, runs all their
+images through the engine together and stores every result; when RQ later hands out a claimed job it
+finds its result stored and returns at once. A claim is a Redis key with the job timeout as TTL, so a
+job claimed by a worker that died is computed by whoever runs it next.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import redis
+from rq import SimpleWorker, get_current_job
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from backend import queue as rq_queue
+from backend.jobs import ProjectOptions
+from backend.pipeline import EngineCache, TaskOutcome, predict_payloads
+from backend.settings import Settings
+
+log = logging.getLogger("gem_labeler.worker")
+
+
+class _State:
+    """What one worker process keeps between jobs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engines = EngineCache(settings)
+        self._ls_client: Any = None
+
+    def ls_client(self) -> Any:
+        """Return the Label Studio client, or None when no credentials are configured."""
+        if not self.settings.can_push:
+            return None
+        if self._ls_client is None:
+            from backend.ls_client import LabelStudioClient
+
+            self._ls_client = LabelStudioClient(self.settings.label_studio_url, self.settings.label_studio_api_key)
+        return self._ls_client
+
+
+_STATE: _State | None = None
+
+
+def state() -> _State:
+    """Return this process's worker state, made on first use from the environment."""
+    global _STATE
+    if _STATE is None:
+        _STATE = _State(Settings.from_env())
+    return _STATE
+
+
+def run_job(payload: dict[str, Any]) -> dict[str, Any]:
+    """Compute one task (and any batchable waiting ones); return a short summary (the result is stored)."""
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("run_job runs inside an RQ worker")
+    conn: redis.Redis = job.connection
+    st = state()
+    prefix, ident = payload["prefix"], payload["job_id"]
+    log.info("task %s job %s: started (project %s)", payload.get("task_id"), ident, payload.get("project"))
+    if conn.exists(rq_queue.key(prefix, "result", ident)):
+        log.info("task %s job %s: result already stored (batched earlier)", payload.get("task_id"), ident)
+        return {"job_id": ident, "batched": True}
+    if not _claim(conn, prefix, ident, st.settings.job_timeout_s):
+        return _await_other(conn, payload, st.settings.job_timeout_s)
+    batch = [payload]
+    if st.settings.worker_batch_size > 1:
+        batch += _claim_waiting(conn, job, payload, st.settings.worker_batch_size - 1, st.settings.job_timeout_s)
+    try:
+        outcomes = predict_payloads(batch, st.engines, st.settings, conn=conn, ls_client=st.ls_client())
+    finally:
+        # Claims of jobs left without a stored result are freed so their own run computes them.
+        conn.delete(*[rq_queue.key(prefix, "claim", p["job_id"]) for p in batch])
+    own: TaskOutcome | None = None
+    for item, outcome in zip(batch, outcomes, strict=True):
+        if item is payload:
+            own = outcome
+        if outcome.retry:
+            continue
+        _store(conn, item, outcome, st)
+    assert own is not None
+    if own.retry:
+        raise RuntimeError(own.error or "transient failure")
+    summary = {"job_id": ident, "batch": len(batch)}
+    summary.update({"error": own.error} if own.error else {"regions": own.regions})
+    return summary
+
+
+def _store(conn: redis.Redis, payload: dict[str, Any], outcome: TaskOutcome, st: _State) -> None:
+    prefix, ident, task_id = payload["prefix"], payload["job_id"], payload.get("task_id")
+    if outcome.error is not None:
+        result = {"task_id": task_id, "error": outcome.error}
+        rq_queue.store_result(conn, prefix, ident, result, st.settings.error_ttl_s)
+        log.warning("task %s job %s: failed: %s", task_id, ident, outcome.error)
+        return
+    result = {"task_id": task_id, "prediction": outcome.prediction}
+    push = rq_queue.store_result(conn, prefix, ident, result, st.settings.result_ttl_s)
+    log.info("task %s job %s: stored %d region(s)%s", task_id, ident, outcome.regions, ", pushing" if push else "")
+    if push:
+        _push(payload, outcome.prediction, st)
+        conn.delete(rq_queue.key(prefix, "push", ident))
+
+
+def _push(payload: dict[str, Any], prediction: dict[str, Any] | None, st: _State) -> None:
+    client = st.ls_client()
+    task_id = payload.get("task_id")
+    if client is None or prediction is None or task_id is None:
+        return
+    try:
+        client.create_prediction(int(task_id), prediction)
+        log.info("task %s job %s: prediction pushed to Label Studio", task_id, payload["job_id"])
+    except Exception as exc:  # the result stays stored: the next /predict returns it
+        log.error("task %s job %s: push to Label Studio failed: %s", task_id, payload["job_id"], exc)
+
+
+def _claim(conn: redis.Redis, prefix: str, ident: str, ttl_s: int) -> bool:
+    return bool(conn.set(rq_queue.key(prefix, "claim", ident), os.getpid(), nx=True, ex=ttl_s))
+
+
+def _await_other(conn: redis.Redis, payload: dict[str, Any], timeout_s: int) -> dict[str, Any]:
+    """Wait for the worker that claimed this job in its batch; compute it here if that worker died."""
+    prefix, ident = payload["prefix"], payload["job_id"]
+    claim = rq_queue.key(prefix, "claim", ident)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if conn.exists(rq_queue.key(prefix, "result", ident)):
+            return {"job_id": ident, "batched": True}
+        if not conn.exists(claim):
+            return run_job(payload)
+        time.sleep(0.05)
+    raise TimeoutError(f"job {ident} stayed claimed by another worker for {timeout_s} s")
+
+
+def _claim_waiting(
+    conn: redis.Redis, job: Job, payload: dict[str, Any], limit: int, ttl_s: int
+) -> list[dict[str, Any]]:
+    """Return payloads of jobs waiting in the same queue with the same engine, claimed for this batch."""
+    queue = rq_queue.Queue(job.origin, connection=conn, serializer=JSONSerializer)
+    key = ProjectOptions.from_dict(payload["options"]).engine_key()
+    taken: list[dict[str, Any]] = []
+    for other in Job.fetch_many(queue.get_job_ids(0, 4 * limit), connection=conn, serializer=JSONSerializer):
+        if len(taken) >= limit:
+            break
+        if other is None or not other.args:
+            continue
+        candidate = other.args[0]
+        if not isinstance(candidate, dict) or "options" not in candidate or candidate.get("job_id") == payload["job_id"]:
+            continue
+        if ProjectOptions.from_dict(candidate["options"]).engine_key() != key:
+            continue
+        if _claim(conn, candidate["prefix"], candidate["job_id"], ttl_s):
+            taken.append(candidate)
+    return taken
+
+
+def on_job_failure(job: Job, connection: redis.Redis, exc_type: Any, exc_value: Any, _tb: Any) -> None:
+    """Store a clear error for a job that failed and has no retries left (RQ failure callback)."""
+    if job.should_retry:
+        return
+    payload = job.args[0] if job.args else {}
+    if not isinstance(payload, dict) or "job_id" not in payload:
+        return
+    st = state()
+    error = f"{getattr(exc_type, '__name__', 'Error')}: {exc_value}"
+    result = {"task_id": payload.get("task_id"), "error": error}
+    rq_queue.store_result(connection, payload["prefix"], payload["job_id"], result, st.settings.error_ttl_s)
+    log.error("task %s job %s: failed after retries: %s", payload.get("task_id"), payload["job_id"], error)
+
+
+def main(settings: Settings, *, burst: bool = False) -> int:
+    """Run a worker until stopped; return the process exit code."""
+    global _STATE
+    if not settings.redis_url:
+        log.error("REDIS_URL is not set: a worker needs the Redis the API uses")
+        return 2
+    _STATE = _State(settings)
+    conn = rq_queue.connect(settings.redis_url, timeout_s=10)
+    try:
+        conn.ping()
+    except redis.RedisError as exc:
+        log.error("%s", rq_queue.describe_error(settings.redis_url, exc))
+        return 2
+    try:
+        _STATE.engines.get(ProjectOptions.from_settings(settings))
+    except Exception as exc:  # missing weights, unknown model: say so and stop, never serve broken
+        log.error("cannot load the model: %s", exc)
+        return 3
+    queues = rq_queue.get_queues(conn, settings.queue_prefix)
+    worker = SimpleWorker(queues, connection=conn, serializer=JSONSerializer)
+    log.info("worker %s listening on %s", worker.name, ", ".join(q.name for q in queues))
+    worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+    return 0
