@@ -1,0 +1,70 @@
+"""Job ids, per-project options and the model version string."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.jobs import OptionsError, ProjectOptions, image_url_of, job_id, model_version, project_id
+from backend.label_config import parse_label_config
+from backend.settings import Settings
+
+SETTINGS = Settings.from_env({})
+
+
+def _id(**changes):
+    base = dict(prefix="p", project="3", task_id=7, version="v1", config_hash="abc", image_url="http://x/1.png")
+    return job_id(**{**base, **changes})
+
+
+def test_job_id_is_deterministic_and_sensitive_to_every_part():
+    assert _id() == _id()
+    others = {_id(project="4"), _id(task_id=8), _id(version="v2"), _id(config_hash="abd"),
+              _id(image_url="http://x/2.png"), _id(prefix="q"), _id(context={"result": [1]})}
+    assert _id() not in others and len(others) == 7
+    assert _id().startswith("p-")
+
+
+def test_options_from_extra_params():
+    options = ProjectOptions.from_settings(SETTINGS, {"method": "gradcam", "min_area": "0.01", "model": "ViT-B-32",
+                                                      "outputs": ["polygon"]})
+    assert options.method == "gradcam" and options.min_area == 0.01 and options.model_name == "ViT-B-32"
+    assert options.outputs == ("polygon",)
+    assert ProjectOptions.from_dict(options.to_dict()) == options
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"method": "sam"}, "method must be"),
+        ({"colour": "red"}, "unknown extra params"),
+        ({"threshold": "high"}, "threshold must be"),
+        ({"threshold": "1.5"}, r"threshold must be in \[0, 1\]"),
+        ({"min_area": "big"}, "wrong type"),
+        ({"outputs": "masks"}, "outputs"),
+        ({"outputs": ""}, "at least one"),
+    ],
+)
+def test_bad_options_are_named(params, message):
+    with pytest.raises(OptionsError, match=message):
+        ProjectOptions.from_settings(SETTINGS, params)
+
+
+def test_model_version_is_stable_and_tracks_what_changes_predictions():
+    base = ProjectOptions.from_settings(SETTINGS)
+    assert model_version(base) == model_version(ProjectOptions.from_settings(Settings.from_env({})))
+    assert model_version(base).startswith("gem-labeler-gem-ViT-B-16-openai-")
+    assert model_version(base.with_params({"threshold": "0.4"})) != model_version(base)
+    assert model_version(base.with_params({"method": "gradcam"})) != model_version(base)
+    local = ProjectOptions.from_settings(Settings.from_env({"MODEL_PRETRAINED": "/weights/a/tiny.pt"}))
+    assert "-tiny.pt-" in model_version(local)
+
+
+def test_project_ids_and_image_urls():
+    assert project_id("12.1700000000") == "12" and project_id(5) == "5" and project_id({"id": 9}) == "9"
+    assert project_id(None) == ""
+    vocab = parse_label_config('<View><Image name="i" value="$pic"/><BrushLabels name="b" toName="i">'
+                               '<Label value="a"/></BrushLabels></View>')
+    assert image_url_of({"data": {"pic": " http://x/a.png "}}, vocab) == "http://x/a.png"
+    for task, message in [({}, "no 'data'"), ({"data": {}}, "no image under 'pic'"), ("x", "not a JSON object")]:
+        with pytest.raises(ValueError, match=message):
+            image_url_of(task, vocab)

@@ -1,0 +1,79 @@
+"""Settings: every variable parsed from the environment, defaults, and clear errors for bad values."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from backend.settings import ENV_VARS, Settings, SettingsError, env_name
+
+
+def test_defaults_without_environment():
+    settings = Settings.from_env({})
+    assert settings.redis_url == ""
+    assert settings.model_name == "ViT-B-16"
+    assert settings.model_pretrained == "openai"
+    assert settings.method == "gem"
+    assert settings.port == 9090 and settings.host == "0.0.0.0"
+    assert 0 < settings.predict_wait_s < 100  # Label Studio gives up after 100 s
+    assert not settings.auth_enabled and not settings.can_push
+
+
+def test_values_are_parsed_by_type():
+    settings = Settings.from_env(
+        {
+            "PORT": "8080",
+            "PREDICT_WAIT_S": "2.5",
+            "ALLOWED_IMAGE_HOSTS": "a.example, b.example,,",
+            "METHOD": "gradcam",
+            "BASIC_AUTH_USER": "u",
+            "BASIC_AUTH_PASS": "p",
+            "LABEL_STUDIO_URL": "http://ls:8080",
+            "LABEL_STUDIO_API_KEY": "k",
+        }
+    )
+    assert settings.port == 8080
+    assert settings.predict_wait_s == 2.5
+    assert settings.allowed_image_hosts == ("a.example", "b.example")
+    assert settings.method == "gradcam"
+    assert settings.auth_enabled and settings.can_push
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"PORT": "http"}, "PORT='http' is not a valid int"),
+        ({"PREDICT_WAIT_S": "soon"}, "PREDICT_WAIT_S"),
+        ({"METHOD": "sam"}, "METHOD must be 'gem' or 'gradcam'"),
+        ({"REGION_MODE": "panoptic"}, "REGION_MODE"),
+        ({"PRECISION": "int8"}, "PRECISION"),
+        ({"BASIC_AUTH_USER": "only-user"}, "BASIC_AUTH_PASS"),
+        ({"JOB_TIMEOUT_S": "0"}, "JOB_TIMEOUT_S must be positive"),
+        ({"JOB_RETRIES": "-1"}, "JOB_RETRIES"),
+    ],
+)
+def test_bad_values_name_the_variable(environ, message):
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Settings.from_env(environ)
+
+
+def test_every_field_has_a_documented_variable():
+    names = [name for name, _, _ in ENV_VARS]
+    assert len(names) == len(set(names)) == len(dataclasses.fields(Settings))
+    for field in dataclasses.fields(Settings):
+        assert field.metadata["meaning"].strip(), field.name
+        assert env_name(field.name) == field.metadata["env"]
+    for required in ("REDIS_URL", "MODEL_NAME", "MODEL_PRETRAINED", "MODEL_CONFIG", "MODEL_CACHE_DIR", "DEVICE",
+                     "PRECISION", "METHOD", "PREDICT_WAIT_S", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY",
+                     "LOCAL_FILES_DOCUMENT_ROOT", "ALLOWED_IMAGE_HOSTS", "BASIC_AUTH_USER", "BASIC_AUTH_PASS",
+                     "DATA_DIR", "RESULT_TTL_S", "JOB_TIMEOUT_S"):
+        assert required in names
+
+
+def test_readme_documents_every_variable():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    missing = [name for name, _, _ in ENV_VARS if f"`{name}`" not in readme]
+    assert not missing, f"README configuration table lacks {missing}"
