@@ -45,6 +45,9 @@ class TaskOutcome:
     error: str | None = None
     retry: bool = False
     regions: int = 0
+    # For callers that render overlays (bulk folder mode); never stored or sent.
+    found: list[Region] = dataclasses.field(default_factory=list, repr=False)
+    maps: np.ndarray | None = dataclasses.field(default=None, repr=False)  # raw [L, h, w] of a whole-image run
 
 
 class EngineCache:
@@ -248,7 +251,8 @@ def _finish(payload: dict[str, Any], items: list[tuple[_Work, np.ndarray]], size
             else:
                 results.append(builders.rectangle_result(named, **kw))
     prediction = builders.make_prediction(results, model_version=payload["model_version"], score=mean_score(regions))
-    return TaskOutcome(prediction=prediction, regions=len(regions))
+    maps = items[0][1] if len(items) == 1 and items[0][0].offset is None else None
+    return TaskOutcome(prediction=prediction, regions=len(regions), found=regions, maps=maps)
 
 
 def _output_label(vocabulary: Vocabulary, label: str, control: Any) -> str | None:
