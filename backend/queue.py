@@ -45,7 +45,8 @@ def connect(url: str, *, timeout_s: float = 2.0) -> redis.Redis:
 
 def describe_error(url: str, exc: Exception) -> str:
     """Return a user-facing sentence for a Redis failure."""
-    where = url.split("@")[-1]  # never echo a password
+    scheme, _, rest = url.partition("://")
+    where = f"{scheme}://{rest.rsplit('@', 1)[-1]}" if rest else url  # never echo a password
     return f"Redis at {where} is unreachable ({type(exc).__name__}: {exc}); start it or fix REDIS_URL"
 
 
