@@ -30,7 +30,7 @@ def gradcam_maps(
     chunk_size: int = 64,
     capture: Capture | None = None,
 ) -> torch.Tensor:
-    """Return raw ReLU'd Grad-CAM maps, float32 [B, L, h, w] at the activation grid, one per image and label.
+    """Return raw ReLU'd Grad-CAM maps [B, L, h, w] at the activation grid (float32; float64 for a float64 model).
 
     ``model`` is an open_clip CLIP (anything with a ``.visual`` tower); ``pixels`` [B, 3, H, W] are
     already normalized; ``text_embeddings`` [L, D] hold one row per label. ``layer`` overrides the
@@ -70,7 +70,7 @@ def cam_from_scores(
     to_grid: Callable[[torch.Tensor], torch.Tensor] | None = None,
     chunk_size: int = 64,
 ) -> torch.Tensor:
-    """Return ReLU'd Grad-CAM maps float32 [B, L, h, w] of scores [B, L] with respect to activations in their graph.
+    """Return ReLU'd Grad-CAM maps [B, L, h, w] (at least float32) of scores [B, L] w.r.t. activations in their graph.
 
     ``to_grid`` maps a tensor shaped like ``activations`` (with any leading dimensions) to
     [..., B, C, h, w]; by default activations already are [B, C, h, w]. Labels are differentiated
@@ -80,7 +80,9 @@ def cam_from_scores(
     if scores.ndim != 2:
         raise ValueError(f"scores must be [batch, labels], got shape {tuple(scores.shape)}")
     to_grid = to_grid or (lambda tensor: tensor)
-    grid = to_grid(activations.detach()).float()
+    # Maps are at least float32 (fp16 sums over channels would lose labels' contrast); float64 stays.
+    dtype = torch.promote_types(activations.dtype, torch.float32)
+    grid = to_grid(activations.detach()).to(dtype)
     batch, labels = scores.shape
     chunks = []
     for start in range(0, labels, chunk_size):
@@ -92,7 +94,7 @@ def cam_from_scores(
         (grads,) = torch.autograd.grad(
             scores, activations, seeds, retain_graph=stop < labels, is_grads_batched=True
         )
-        channel_weights = to_grid(grads).float().mean(dim=(-2, -1))  # [K, B, C]
+        channel_weights = to_grid(grads).to(dtype).mean(dim=(-2, -1))  # [K, B, C]
         chunks.append(torch.relu(torch.einsum("kbc,bchw->bkhw", channel_weights, grid)))
     return torch.cat(chunks, dim=1).detach()
 
@@ -121,7 +123,9 @@ def _check_arguments(
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if visual.training:
-        raise ValueError("the model is in training mode (dropout, batch-norm updates); call model.eval() first")
+        raise ValueError(
+            "the model is in training mode (dropout, batch-norm updates); call model.eval() first"
+        )
     if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4:
         shape = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
         raise ValueError(f"pixels must be a [batch, 3, height, width] tensor, got {shape}")

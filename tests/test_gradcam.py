@@ -202,7 +202,12 @@ def test_large_vocabulary_in_chunks(tiny_resnet):
     [
         (_pixels(1), _texts(0), {}, "at least one label"),
         (_pixels(1)[:, :1], _texts(2), {}, "3 \\(RGB\\) channels, got 1"),
-        (torch.cat([_pixels(1), torch.ones(1, 1, 96, 96)], dim=1), _texts(2), {}, "3 \\(RGB\\) channels, got 4"),
+        (
+            torch.cat([_pixels(1), torch.ones(1, 1, 96, 96)], dim=1),
+            _texts(2),
+            {},
+            "3 \\(RGB\\) channels, got 4",
+        ),
         (_pixels(1)[0], _texts(2), {}, "\\[batch, 3, height, width\\]"),
         (_pixels(1)[:0], _texts(2), {}, "no image"),
         (_pixels(1, size=80), _texts(2), {}, "resize the image"),
