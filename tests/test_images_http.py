@@ -1,0 +1,349 @@
+"""Fetching task images over real HTTP servers on loopback: auth, redirects, SSRF guard, caps, timeouts."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+
+import jwt
+import pytest
+
+from backend.images import ImageError, load_task_image
+
+CORPUS = Path(__file__).parent / "fixtures" / "bad_inputs"
+PNG = (CORPUS / "ok_rgb.png").read_bytes()
+
+Route = Callable[[BaseHTTPRequestHandler], None]
+
+
+@dataclass
+class Server:
+    """A real HTTP server on 127.0.0.1 whose routes are plain functions; it records every request."""
+
+    routes: dict[str, Route] = field(default_factory=dict)
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def paths(self) -> list[str]:
+        return [path for path, _ in self.requests]
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[], Server]]:
+    started: list[ThreadingHTTPServer] = []
+
+    def start() -> Server:
+        state = Server()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self, prefix: str = "") -> None:  # noqa: N802 - http.server's naming
+                state.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+                route = state.routes.get(prefix + self.path) or state.routes.get(prefix + self.path.split("?")[0])
+                if route is None:
+                    reply(self, 404, b"not found", "text/plain")
+                    return
+                try:
+                    route(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client hung up on purpose (byte cap, timeout)
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.do_GET(prefix="POST ")
+
+            def log_message(self, *args) -> None:
+                pass
+
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        httpd.daemon_threads = True
+        state.port = httpd.server_address[1]
+        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        started.append(httpd)
+        return state
+
+    yield start
+    for httpd in started:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def reply(handler: BaseHTTPRequestHandler, status: int, body: bytes = b"", ctype: str = "image/png",
+          headers: dict[str, str] | None = None) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Type", ctype)
+    handler.send_header("Content-Length", str(len(body)))
+    for key, value in (headers or {}).items():
+        handler.send_header(key, value)
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def image(handler: BaseHTTPRequestHandler) -> None:
+    reply(handler, 200, PNG)
+
+
+def redirect_to(location: str, status: int = 302) -> Route:
+    return lambda handler: reply(handler, status, b"", "text/plain", {"Location": location})
+
+
+def settings_for(ls: Server | None = None, **extra) -> SimpleNamespace:
+    values = {"label_studio_url": ls.url if ls else "", "label_studio_api_key": "legacy-token",
+              "fetch_connect_timeout_s": 2.0, "fetch_read_timeout_s": 2.0}
+    values.update(extra)
+    return SimpleNamespace(**values)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------ Label Studio
+
+
+def test_upload_is_fetched_from_label_studio_with_the_legacy_token(serve):
+    ls = serve()
+    ls.routes["/data/upload/1/a.png"] = image
+    picture = load_task_image("/data/upload/1/a.png", settings_for(ls))
+    assert picture.size == (40, 30) and picture.mode == "RGB"
+    assert ls.requests[0][1]["authorization"] == "Token legacy-token"
+
+
+def test_upload_falls_back_to_the_storage_proxy(serve):
+    ls = serve()
+    ls.routes["/storage-data/uploaded/"] = image
+    assert load_task_image("/data/upload/1/a.png", settings_for(ls)).size == (40, 30)
+    assert ls.paths() == ["/data/upload/1/a.png", "/storage-data/uploaded/?filepath=upload/1/a.png"]
+
+
+def test_personal_access_token_is_exchanged_once_and_sent_as_bearer(serve):
+    ls = serve()
+    now = int(time.time())
+    refresh = jwt.encode({"token_type": "refresh", "exp": now + 3600, "user_id": 1}, "test-signing-key-of-32-bytes-long", algorithm="HS256")
+    access = jwt.encode({"token_type": "access", "exp": now + 300}, "test-signing-key-of-32-bytes-long", algorithm="HS256")
+    exchanges: list[str] = []
+
+    def exchange(handler):
+        body = json.loads(handler.rfile.read(int(handler.headers.get("Content-Length", 0))))
+        exchanges.append(body["refresh"])
+        reply(handler, 200, json.dumps({"access": access}).encode(), "application/json")
+
+    def upload(handler):
+        if handler.headers.get("Authorization") == f"Bearer {access}":
+            image(handler)
+        else:
+            reply(handler, 401, b"{}", "application/json")
+
+    ls.routes["POST /api/token/refresh/"] = exchange
+    ls.routes["/data/upload/1/a.png"] = upload
+    settings = settings_for(ls, label_studio_api_key=refresh)
+    for _ in range(3):
+        assert load_task_image("/data/upload/1/a.png", settings).size == (40, 30)
+    assert exchanges == [refresh]
+    uploads = [headers for path, headers in ls.requests if path.startswith("/data/upload/")]
+    assert len(uploads) == 3 and all(h["authorization"] == f"Bearer {access}" for h in uploads)
+
+
+def test_wrong_token_says_to_check_the_api_key(serve):
+    ls = serve()
+    ls.routes["/data/upload/1/a.png"] = lambda h: reply(h, 401, b'{"detail": "Invalid token."}', "application/json")
+    with pytest.raises(ImageError, match="LABEL_STUDIO_API_KEY") as info:
+        load_task_image("/data/upload/1/a.png", settings_for(ls))
+    assert info.value.reason == "auth" and not info.value.retryable
+
+
+def test_cloud_uri_is_presigned_and_the_redirect_drops_the_token(serve):
+    ls, bucket = serve(), serve()
+    bucket.routes["/bucket/a.png"] = image
+    uri = "s3://bucket/a.png"
+    encoded = base64.urlsafe_b64encode(uri.encode()).decode()
+    signed = f"http://localhost:{bucket.port}/bucket/a.png?X-Amz-Signature=secret"
+    ls.routes["/tasks/9/presign/"] = redirect_to(signed, 303)
+    # localhost is loopback: refused by default, even though Label Studio issued the redirect ...
+    with pytest.raises(ImageError) as info:
+        load_task_image(uri, settings_for(ls), task_id=9)
+    assert info.value.reason == "forbidden" and "secret" not in info.value.message
+    assert bucket.requests == []
+    # ... and fetched once private addresses are allowed (e.g. MinIO next to Label Studio).
+    picture = load_task_image(uri, settings_for(ls, allow_private_addresses=True), task_id=9)
+    assert picture.size == (40, 30)
+    assert ls.requests[-1][0] == f"/tasks/9/presign/?fileuri={encoded}"
+    assert "authorization" not in bucket.requests[-1][1]
+
+
+def test_presign_proxy_mode_streams_the_file_from_label_studio(serve):
+    ls = serve()
+    ls.routes["/projects/2/presign/"] = image
+    assert load_task_image("gs://b/a.png", settings_for(ls), project_id=2).size == (40, 30)
+
+
+# ------------------------------------------------------------------------------------------ SSRF
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fe80::1]/x",
+        "http://10.0.0.1/x",
+        "http://192.168.1.1/x",
+        "http://0.0.0.0:{port}/x",
+        "http://127.0.0.1:{port}/x",
+        "http://localhost:{port}/x",
+        "http://[::ffff:127.0.0.1]:{port}/x",
+        "file:///etc/passwd",
+        "gopher://127.0.0.1:6379/_FLUSHALL",
+    ],
+)
+def test_redirects_from_label_studio_to_internal_addresses_are_refused(serve, target: str):
+    ls, internal = serve(), serve()
+    internal.routes["/x"] = image
+    ls.routes["/data/upload/1/a.png"] = redirect_to(target.format(port=internal.port))
+    started = time.monotonic()
+    with pytest.raises(ImageError) as info:
+        # Every host is allowed by name: only the address check can stop these.
+        load_task_image("/data/upload/1/a.png", settings_for(ls, allowed_image_hosts=("*",)))
+    assert info.value.reason == "forbidden", info.value.message
+    assert internal.requests == []
+    assert time.monotonic() - started < 2  # refused before any connection attempt, not timed out
+
+
+def test_allowed_host_name_that_resolves_to_loopback_is_refused(serve):
+    other = serve()
+    other.routes["/a.png"] = image
+    settings = SimpleNamespace(allowed_image_hosts=("localhost",))
+    with pytest.raises(ImageError, match="non-public address") as info:
+        load_task_image(f"http://localhost:{other.port}/a.png", settings)
+    assert info.value.reason == "forbidden" and other.requests == []
+    settings.allow_private_addresses = True
+    assert load_task_image(f"http://localhost:{other.port}/a.png", settings).size == (40, 30)
+    assert "authorization" not in other.requests[0][1]
+
+
+def test_redirect_to_a_host_not_allowed_is_refused(serve):
+    ls = serve()
+    ls.routes["/data/upload/1/a.png"] = redirect_to("https://evil.example.net/a.png")
+    with pytest.raises(ImageError, match="ALLOWED_IMAGE_HOSTS") as info:
+        load_task_image("/data/upload/1/a.png", settings_for(ls, allowed_image_hosts=("images.example.com",)))
+    assert info.value.reason == "forbidden"
+
+
+def test_label_studio_on_another_port_is_not_label_studio(serve):
+    ls, other = serve(), serve()
+    other.routes["/a.png"] = image
+    ls.routes["/data/upload/1/a.png"] = redirect_to(f"http://127.0.0.1:{other.port}/a.png")
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/upload/1/a.png", settings_for(ls, allowed_image_hosts=("127.0.0.1",)))
+    assert info.value.reason == "forbidden" and other.requests == []
+
+
+def test_redirect_loop_stops(serve):
+    ls = serve()
+    ls.routes["/data/upload/1/a.png"] = redirect_to("/data/upload/1/b.png")
+    ls.routes["/data/upload/1/b.png"] = redirect_to("/data/upload/1/a.png")
+    with pytest.raises(ImageError, match="redirects"):
+        load_task_image("/data/upload/1/a.png", settings_for(ls))
+    assert len(ls.requests) <= 2 * 6  # bounded, primary + fallback
+
+
+# ------------------------------------------------------------------------------------------ caps, timeouts
+
+
+def test_declared_oversize_body_is_refused_without_reading_it(serve):
+    ls = serve()
+    ls.routes["/big.png"] = lambda h: reply(h, 200, PNG + b"\0" * 5000)
+    with pytest.raises(ImageError, match="byte limit") as info:
+        load_task_image("/big.png", settings_for(ls, image_max_bytes=1000))
+    assert info.value.reason == "too_large"
+
+
+def test_endless_body_without_length_is_cut_at_the_cap(serve):
+    ls = serve()
+    sent = []
+
+    def endless(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "image/png")
+        handler.end_headers()  # HTTP/1.0, no Content-Length: the body runs until the server closes
+        for _ in range(10_000):
+            handler.wfile.write(b"\0" * 65536)
+            sent.append(65536)
+
+    ls.routes["/endless.png"] = endless
+    with pytest.raises(ImageError, match="byte limit"):
+        load_task_image("/endless.png", settings_for(ls, image_max_bytes=1_000_000))
+    time.sleep(0.2)
+    assert sum(sent) < 100 * 1_000_000  # the client hung up long before the 655 MB the server offered
+
+
+def test_html_served_as_image_is_refused(serve):
+    ls = serve()
+    ls.routes["/a.png"] = lambda h: reply(h, 200, b"<html><body>Login</body></html>", "image/png")
+    with pytest.raises(ImageError, match="HTML") as info:
+        load_task_image("/a.png", settings_for(ls))
+    assert info.value.reason == "undecodable"
+
+
+def test_empty_body_is_refused(serve):
+    ls = serve()
+    ls.routes["/a.png"] = lambda h: reply(h, 200, b"")
+    with pytest.raises(ImageError, match="empty"):
+        load_task_image("/a.png", settings_for(ls))
+
+
+def test_silent_server_hits_the_read_timeout(serve):
+    ls = serve()
+    ls.routes["/slow.png"] = lambda h: (time.sleep(1.5), image(h))
+    started = time.monotonic()
+    with pytest.raises(ImageError, match="timed out") as info:
+        load_task_image("/slow.png", settings_for(ls, fetch_read_timeout_s=0.3))
+    assert time.monotonic() - started < 1.2
+    assert info.value.reason == "unreachable" and info.value.retryable
+
+
+def test_trickling_server_hits_the_total_timeout(serve):
+    ls = serve()
+
+    def trickle(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        for _ in range(100):
+            handler.wfile.write(b"\0")
+            handler.wfile.flush()
+            time.sleep(0.05)
+
+    ls.routes["/trickle.png"] = trickle
+    started = time.monotonic()
+    with pytest.raises(ImageError, match="took over") as info:
+        load_task_image("/trickle.png", settings_for(ls, fetch_read_timeout_s=1.0, fetch_total_timeout_s=0.5))
+    assert time.monotonic() - started < 2.5 and info.value.retryable
+
+
+def test_refused_connection_is_retryable():
+    settings = SimpleNamespace(label_studio_url=f"http://127.0.0.1:{free_port()}", label_studio_api_key="t")
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/upload/1/a.png", settings)
+    assert info.value.reason == "unreachable" and info.value.retryable
+
+
+@pytest.mark.parametrize(("status", "reason", "retryable"), [(404, "not_found", False), (500, "unreachable", True),
+                                                             (503, "unreachable", True), (418, "unreachable", False)])
+def test_error_statuses(serve, status: int, reason: str, retryable: bool):
+    ls = serve()
+    ls.routes["/a.png"] = lambda h: reply(h, status, b"nope", "text/plain")
+    with pytest.raises(ImageError) as info:
+        load_task_image("/a.png", settings_for(ls))
+    assert (info.value.reason, info.value.retryable) == (reason, retryable)
