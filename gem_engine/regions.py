@@ -248,7 +248,7 @@ def _clean(masks: dict[int, np.ndarray], options: RegionOptions, *, exclusive: b
     cleaned: dict[int, np.ndarray] = {}
     for i, mask in masks.items():
         if footprint is not None:
-            mask = morphology.binary_opening(mask, footprint)
+            mask = morphology.opening(mask, footprint)
         if min_object > 1:
             mask = morphology.remove_small_objects(mask, max_size=min_object - 1, connectivity=2)
         cleaned[i] = mask

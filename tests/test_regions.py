@@ -1,0 +1,329 @@
+"""Heatmaps to regions: modes, thresholds, cleanup, instances, polygons, boxes, scores, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from skimage import draw, filters, transform
+
+from gem_engine.regions import Region, RegionOptions, extract_regions, mean_score
+
+GRID = 16
+
+
+def blob(cx: float, cy: float, sigma: float = 2.0, grid: int = GRID) -> np.ndarray:
+    """A Gaussian bump on a grid, centre in grid cells."""
+    yy, xx = np.mgrid[0:grid, 0:grid]
+    return np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma**2)).astype(np.float32)
+
+
+def disc(width: int, height: int, cx: float, cy: float, radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:height, 0:width]
+    return (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= radius**2
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def two_blob_maps() -> np.ndarray:
+    """cat peaks left of centre, dog right of centre (grid cells 4 and 11 of 16)."""
+    return np.stack([blob(4, 8), blob(11.5, 8)])
+
+
+def by_label(regions: list[Region]) -> dict[str, Region]:
+    assert len({r.label for r in regions}) == len(regions)
+    return {r.label: r for r in regions}
+
+
+def test_semantic_two_labels_are_separate_and_where_the_heat_is():
+    regions = by_label(extract_regions(two_blob_maps(), ["cat", "dog"], (320, 240)))
+    assert set(regions) == {"cat", "dog"}
+    cat, dog = regions["cat"], regions["dog"]
+    assert cat.mask.shape == dog.mask.shape == (240, 320)
+    assert cat.mask.dtype == np.bool_
+    assert not (cat.mask & dog.mask).any()
+    # Peaks at grid cells 4 and 11.5 of 16 -> x = 4.5/16 and 12/16 of the width.
+    cat_cx = np.nonzero(cat.mask)[1].mean() / 320
+    dog_cx = np.nonzero(dog.mask)[1].mean() / 320
+    assert cat_cx == pytest.approx(4.5 / 16, abs=0.03)
+    assert dog_cx == pytest.approx(12 / 16, abs=0.03)
+    for region in (cat, dog):
+        assert 0.5 < region.score <= 1.0
+        assert math.isfinite(region.score)
+
+
+def test_independent_mode_allows_overlap_and_matches_otsu():
+    maps = np.stack([blob(8, 8), blob(8, 8) * 2 + 1])
+    options = RegionOptions(mode="independent", min_object_fraction=0, min_hole_fraction=0, min_area_fraction=0)
+    regions = extract_regions(maps, ["a", "b"], (160, 160), options)
+    assert [r.label for r in regions] == ["a", "b"]
+    a, b = regions
+    assert (a.mask & b.mask).sum() == a.mask.sum()  # same normalized map, same mask
+    normalized = (maps[0] - maps[0].min()) / (maps[0].max() - maps[0].min())
+    up = transform.resize(normalized, (160, 160), order=1, mode="edge", anti_aliasing=False)
+    expected = up > filters.threshold_otsu(up)
+    assert np.array_equal(a.mask, expected)
+    assert a.score == pytest.approx(float(up[expected].mean()), abs=1e-5)
+
+
+def test_semantic_with_one_label_equals_independent():
+    maps = blob(5, 9)[None]
+    semantic = extract_regions(maps, ["cat"], (200, 100))
+    independent = extract_regions(maps, ["cat"], (200, 100), RegionOptions(mode="independent"))
+    assert len(semantic) == len(independent) == 1
+    assert np.array_equal(semantic[0].mask, independent[0].mask)
+    assert semantic[0].score == 1.0  # the only label wins every pixel with probability 1
+
+
+def test_fixed_and_per_label_thresholds():
+    maps = np.stack([blob(8, 8, sigma=3), blob(8, 8, sigma=3)])
+    options = RegionOptions(mode="independent", threshold=0.2, label_thresholds={"b": 0.8})
+    a, b = extract_regions(maps, ["a", "b"], (128, 128), options)
+    assert a.mask.sum() > 2 * b.mask.sum()
+    assert b.mask.sum() > 0
+    assert b.score >= 0.8 and a.score >= 0.2
+
+
+def test_background_label_competes_but_gives_no_region():
+    cat = blob(4, 8)
+    background = np.full((GRID, GRID), 1.5, dtype=np.float32)
+    background[:, :8] = 0.0  # background beats every label on the right half only
+    maps = np.stack([cat, background, blob(12, 8)])
+    options = RegionOptions(threshold=0.0)
+    regions = by_label(extract_regions(maps, ["cat", "Background", "dog"], (160, 160), options))
+    assert set(regions) == {"cat"}  # the dog's heat is all on the right half, where background wins
+    assert not regions["cat"].mask[:, 80:].any()
+    without = by_label(extract_regions(maps[[0, 2]], ["cat", "dog"], (160, 160), options))
+    assert set(without) == {"cat", "dog"}
+    custom = RegionOptions(threshold=0.0, background_names=("nothing here",))
+    named = by_label(extract_regions(maps, ["cat", "Background", "dog"], (160, 160), custom))
+    assert set(named) == {"cat", "Background"}
+    assert named["Background"].mask[:, 80:].all()
+
+
+def test_background_probability_threshold_drops_ambiguous_pixels():
+    maps = np.stack([blob(8, 8), blob(8, 8) + 0.001])  # nearly tied everywhere
+    loose = extract_regions(maps, ["a", "b"], (96, 96), RegionOptions(threshold=0.0, logit_scale=1.0))
+    strict = extract_regions(
+        maps, ["a", "b"], (96, 96), RegionOptions(threshold=0.0, logit_scale=1.0, background_threshold=0.6)
+    )
+    assert [r.label for r in loose] == ["b"]
+    assert strict == []
+
+
+def test_cleanup_removes_specks_fills_holes_and_drops_tiny_labels():
+    size = 200
+    ring = np.zeros((size, size), np.float32)
+    ring[disc(size, size, 100, 100, 60)] = 1.0
+    ring[disc(size, size, 100, 100, 5)] = 0.0  # a hole of ~78 px
+    ring[10:13, 10:13] = 1.0  # a 9 px speck
+    speck_only = np.zeros((size, size), np.float32)
+    speck_only[150:153, 20:26] = 1.0
+    maps = np.stack([ring, speck_only])
+    options = RegionOptions(mode="independent", threshold=0.5, min_object_fraction=0.001, min_hole_fraction=0.005)
+    regions = extract_regions(maps, ["ring", "speck"], (size, size), options)
+    assert [r.label for r in regions] == ["ring"]
+    mask = regions[0].mask
+    assert not mask[10:13, 10:13].any()
+    assert mask[100, 100]  # the hole is filled
+    kept = extract_regions(
+        maps, ["ring", "speck"], (size, size),
+        RegionOptions(mode="independent", threshold=0.5, min_object_fraction=0, min_hole_fraction=0, min_area_fraction=0),
+    )
+    assert [r.label for r in kept] == ["ring", "speck"]
+    assert not kept[0].mask[100, 100] and kept[0].mask[11, 11]
+
+
+def test_semantic_hole_filling_does_not_steal_another_labels_pixels():
+    size = 120
+    outer = np.zeros((size, size), np.float32)
+    outer[disc(size, size, 60, 60, 40)] = 1.0
+    inner = np.zeros((size, size), np.float32)
+    inner[disc(size, size, 60, 60, 6)] = 2.0
+    options = RegionOptions(threshold=0.4, min_hole_fraction=0.05, logit_scale=10.0)
+    regions = by_label(extract_regions(np.stack([outer, inner]), ["outer", "inner"], (size, size), options))
+    assert regions["inner"].mask[60, 60]
+    assert not regions["outer"].mask[60, 60]
+    assert not (regions["outer"].mask & regions["inner"].mask).any()
+
+
+def test_opening_removes_thin_lines():
+    size = 100
+    maps = np.zeros((1, size, size), np.float32)
+    maps[0, 20:80, 20:80] = 1.0
+    maps[0, 50, :] = 1.0  # a one-pixel line across the image
+    base = dict(mode="independent", threshold=0.5, min_object_fraction=0, min_hole_fraction=0)
+    plain = extract_regions(maps, ["x"], (size, size), RegionOptions(**base))[0]
+    opened = extract_regions(maps, ["x"], (size, size), RegionOptions(**base, opening_radius=1))[0]
+    assert plain.mask[50, 5] and not opened.mask[50, 5]
+    assert opened.mask[30:70, 30:70].all()
+
+
+def test_instances_split_components_largest_first():
+    size = 160
+    maps = np.zeros((1, size, size), np.float32)
+    maps[0][disc(size, size, 40, 40, 20)] = 1.0
+    maps[0][disc(size, size, 120, 110, 30)] = 1.0
+    base = dict(mode="independent", threshold=0.5)
+    whole = extract_regions(maps, ["obj"], (size, size), RegionOptions(**base))
+    assert len(whole) == 1 and len(whole[0].polygons) == 2
+    parts = extract_regions(maps, ["obj"], (size, size), RegionOptions(**base, instances=True))
+    assert len(parts) == 2
+    assert parts[0].mask.sum() > parts[1].mask.sum()
+    assert not (parts[0].mask & parts[1].mask).any()
+    assert np.array_equal(parts[0].mask | parts[1].mask, whole[0].mask)
+    assert all(len(p.polygons) == 1 for p in parts)
+    capped = extract_regions(maps, ["obj"], (size, size), RegionOptions(**base, instances=True, max_instances=1))
+    assert len(capped) == 1 and np.array_equal(capped[0].mask, parts[0].mask)
+
+
+def test_polygon_and_box_describe_the_mask_in_percent():
+    width, height = 300, 200
+    truth = disc(width, height, 120, 90, 50)
+    maps = truth.astype(np.float32)[None]
+    region = extract_regions(maps, ["disc"], (width, height), RegionOptions(mode="independent", threshold=0.5))[0]
+    assert np.array_equal(region.mask, truth)
+    rows, cols = np.nonzero(truth)
+    x, y, w, h = region.box
+    assert x == pytest.approx(cols.min() / width * 100, abs=1e-3)
+    assert y == pytest.approx(rows.min() / height * 100, abs=1e-3)
+    assert w == pytest.approx((cols.max() + 1 - cols.min()) / width * 100, abs=1e-3)
+    assert h == pytest.approx((rows.max() + 1 - rows.min()) / height * 100, abs=1e-3)
+    assert len(region.polygons) == 1
+    polygon = np.array(region.polygons[0])
+    assert 3 <= len(polygon) <= RegionOptions().max_polygon_points
+    assert ((polygon >= 0) & (polygon <= 100)).all()
+    # Rasterize the polygon back (pixel centres) and compare with the mask.
+    rr, cc = draw.polygon(polygon[:, 1] / 100 * height - 0.5, polygon[:, 0] / 100 * width - 0.5, (height, width))
+    raster = np.zeros_like(truth)
+    raster[rr, cc] = True
+    assert iou(raster, truth) > 0.95
+
+
+def test_polygons_are_outer_contours_only_and_capped():
+    size = 200
+    ring = disc(size, size, 100, 100, 80) & ~disc(size, size, 100, 100, 40)
+    options = RegionOptions(mode="independent", threshold=0.5, min_hole_fraction=0, max_polygon_points=12)
+    region = extract_regions(ring.astype(np.float32)[None], ["ring"], (size, size), options)[0]
+    assert not region.mask[100, 100]
+    assert len(region.polygons) == 1
+    polygon = np.array(region.polygons[0])
+    assert 3 <= len(polygon) <= 12
+    radii = np.hypot(polygon[:, 0] - 50, polygon[:, 1] - 50)  # percent of 200 px: radius 80 px = 40 %
+    assert radii.min() > 30
+
+
+def test_edge_touching_region_gets_a_closed_polygon_within_bounds():
+    maps = np.zeros((1, 50, 80), np.float32)
+    maps[0, :, :40] = 1.0
+    region = extract_regions(maps, ["left"], (80, 50), RegionOptions(mode="independent", threshold=0.5))[0]
+    polygon = np.array(region.polygons[0])
+    assert polygon[:, 0].min() == 0.0 and polygon[:, 0].max() == pytest.approx(50.0)
+    assert polygon[:, 1].min() == 0.0 and polygon[:, 1].max() == 100.0
+    assert region.box == (0.0, 0.0, 50.0, 100.0)
+
+
+def test_large_image_works_at_capped_resolution_and_returns_natural_size():
+    regions = extract_regions(two_blob_maps(), ["cat", "dog"], (2400, 1000), RegionOptions(max_work_side=256))
+    assert {r.label for r in regions} == {"cat", "dog"}
+    for region in regions:
+        assert region.mask.shape == (1000, 2400)
+        assert region.mask.sum() > 0
+    small = extract_regions(two_blob_maps(), ["cat", "dog"], (240, 100))
+    big = {r.label: r for r in regions}
+    for region in small:
+        scaled = transform.resize(region.mask, (1000, 2400), order=0).astype(bool)
+        assert iou(scaled, big[region.label].mask) > 0.9
+
+
+def test_image_smaller_than_grid():
+    regions = extract_regions(two_blob_maps(), ["cat", "dog"], (8, 6), RegionOptions(min_area_fraction=0))
+    assert regions and all(r.mask.shape == (6, 8) for r in regions)
+
+
+def test_nan_and_inf_are_clamped_and_never_reach_scores():
+    maps = two_blob_maps().astype(np.float64)
+    maps[0, 0, 0] = np.nan
+    maps[0, 1, 1] = -np.inf
+    maps[1, 8, 12] = np.inf  # the dog's hottest cell
+    regions = by_label(extract_regions(maps, ["cat", "dog"], (160, 120)))
+    assert set(regions) == {"cat", "dog"}
+    clean = by_label(extract_regions(two_blob_maps(), ["cat", "dog"], (160, 120)))
+    assert iou(regions["cat"].mask, clean["cat"].mask) > 0.95
+    for region in regions.values():
+        assert math.isfinite(region.score)
+        assert all(math.isfinite(v) for v in region.box)
+        assert all(math.isfinite(c) for polygon in region.polygons for point in polygon for c in point)
+
+
+@pytest.mark.parametrize("mode", ["semantic", "independent"])
+def test_constant_and_non_finite_maps_give_no_region(mode):
+    maps = np.stack(
+        [
+            np.full((GRID, GRID), 0.3, np.float32),
+            np.full((GRID, GRID), np.nan, np.float32),
+            np.where(np.eye(GRID, dtype=bool), np.inf, -np.inf).astype(np.float32),
+            blob(8, 8),
+        ]
+    )
+    regions = extract_regions(maps, ["flat", "nan", "inf", "real"], (64, 64), RegionOptions(mode=mode))
+    assert [r.label for r in regions] == ["real"]
+    assert extract_regions(maps[:3], ["flat", "nan", "inf"], (64, 64), RegionOptions(mode=mode)) == []
+
+
+def test_zero_labels_give_no_regions():
+    assert extract_regions(np.zeros((0, 14, 14), np.float32), [], (64, 48)) == []
+    assert mean_score([]) == 0.0
+
+
+def test_mean_score():
+    regions = extract_regions(two_blob_maps(), ["cat", "dog"], (64, 64))
+    assert mean_score(regions) == pytest.approx(np.mean([r.score for r in regions]), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("maps", "labels", "size", "match"),
+    [
+        (np.zeros((2, 4, 4)), ["a"], (10, 10), "2 labels"),
+        (np.zeros((4, 4)), ["a"], (10, 10), r"\[labels, height, width\]"),
+        (np.zeros((1, 0, 4)), ["a"], (10, 10), "non-empty grid"),
+        (np.zeros((1, 4, 4)), ["a"], (0, 10), "positive"),
+        (np.zeros((1, 4, 4)), ["a"], (10.5, 10), "positive"),
+        (np.zeros((1, 4, 4)), ["a"], (10,), "width, height"),
+        (np.zeros((1, 4, 4)), ["a"], None, "width, height"),
+        (np.array([[["x"]]]), ["a"], (10, 10), "numeric"),
+        (np.zeros((1, 4, 4)), [3], (10, 10), "strings"),
+    ],
+)
+def test_bad_input_is_rejected_clearly(maps, labels, size, match):
+    with pytest.raises(ValueError, match=match):
+        extract_regions(maps, labels, size)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"mode": "panoptic"},
+        {"threshold": "triangle"},
+        {"threshold": 1.5},
+        {"threshold": float("nan")},
+        {"label_thresholds": {"a": -0.1}},
+        {"logit_scale": 0},
+        {"logit_scale": float("inf")},
+        {"background_threshold": 2},
+        {"min_object_fraction": -0.1},
+        {"opening_radius": -1},
+        {"opening_radius": 1.5},
+        {"max_instances": 0},
+        {"max_polygon_points": 2},
+        {"polygon_tolerance": float("nan")},
+        {"max_work_side": 4},
+        {"background_names": "background"},
+    ],
+)
+def test_bad_options_are_rejected_clearly(options):
+    with pytest.raises(ValueError):
+        RegionOptions(**options)
