@@ -35,9 +35,9 @@ def encode_rle(mask: np.ndarray) -> list[int]:
     if mask.size == 0:
         raise ValueError(f"mask must have at least one pixel, got shape {mask.shape}")
     if mask.dtype == np.bool_:
-        flat = mask.reshape(-1).view(np.uint8) * np.uint8(255)
+        flat, scale = mask.reshape(-1).view(np.uint8), 255
     elif mask.dtype == np.uint8:
-        flat = mask.reshape(-1)
+        flat, scale = mask.reshape(-1), 1
     else:
         raise TypeError(f"mask must be bool or uint8, got {mask.dtype}")
     count = flat.size * _CHANNELS
@@ -48,7 +48,7 @@ def encode_rle(mask: np.ndarray) -> list[int]:
     change = np.flatnonzero(flat[1:] != flat[:-1])
     ends = np.append(change, flat.size - 1)
     lengths = np.diff(ends, prepend=-1).astype(np.int64) * _CHANNELS
-    values = flat[ends].astype(np.uint64)
+    values = flat[ends].astype(np.uint64) * np.uint64(scale)
 
     codes, widths = _run_codes(lengths, values)
     header_codes = np.array([count, _HEADER_TAIL], dtype=np.uint64)
