@@ -22,6 +22,9 @@ import jwt
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# After these the server may or may not have acted on a POST; 429/503 and refused connections mean it did not.
+AMBIGUOUS_STATUSES = frozenset({500, 502, 504})
+UNSENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # Refresh an access token this long before it expires, so a request never carries a stale one.
 TOKEN_MARGIN_S = 30.0
 
@@ -33,6 +36,15 @@ class LabelStudioError(RuntimeError):
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+
+
+class _AmbiguousFailure(Exception):
+    """A non-idempotent request failed in a way that leaves open whether Label Studio applied it."""
+
+    def __init__(self, description: str, delay: float) -> None:
+        super().__init__(description)
+        self.description = description
+        self.delay = delay
 
 
 def _jwt_claims(token: str) -> dict[str, Any] | None:
@@ -133,8 +145,13 @@ class LabelStudioClient:
         json: Any = None,
         params: Mapping[str, Any] | None = None,
         authorize: bool = True,
+        idempotent: bool = True,
     ) -> httpx.Response:
-        """Return the response to one request, retrying connection errors, 429 and 5xx with backoff."""
+        """Return the response to one request, retrying connection errors, 429 and 5xx with backoff.
+
+        With ``idempotent=False`` a failure after which the request may have been applied raises
+        ``_AmbiguousFailure`` instead of resending blindly, so the caller can check what landed first.
+        """
         refreshed = False
         attempt = 0
         while True:
@@ -149,6 +166,8 @@ class LabelStudioClient:
                         retryable=True,
                     ) from exc
                 delay = self._delay(attempt, None)
+                if not idempotent and not isinstance(exc, UNSENT_ERRORS):
+                    raise _AmbiguousFailure(f"{type(exc).__name__}: {exc}", delay) from exc
                 log.warning("Label Studio %s %s failed (%s); retry in %.2f s", method, path, type(exc).__name__, delay)
             else:
                 if response.status_code == 401 and authorize and self.token_kind == "refresh" and not refreshed:
@@ -166,6 +185,8 @@ class LabelStudioClient:
                         retryable=True,
                     )
                 delay = self._delay(attempt, response)
+                if not idempotent and response.status_code in AMBIGUOUS_STATUSES:
+                    raise _AmbiguousFailure(f"{response.status_code} {_excerpt(response)}", delay)
                 log.warning("Label Studio %s %s answered %s; retry in %.2f s", method, path,
                             response.status_code, delay)
             self._sleep(delay)
@@ -179,9 +200,10 @@ class LabelStudioClient:
         json: Any = None,
         params: Mapping[str, Any] | None = None,
         ok: Sequence[int] = (200, 201),
+        idempotent: bool = True,
     ) -> Any:
         """Return the decoded JSON body of a successful request, or raise LabelStudioError."""
-        response = self._send(method, path, json=json, params=params)
+        response = self._send(method, path, json=json, params=params, idempotent=idempotent)
         if response.status_code not in ok:
             hint = " (check LABEL_STUDIO_API_KEY)" if response.status_code in (401, 403) else ""
             raise LabelStudioError(
@@ -193,7 +215,12 @@ class LabelStudioClient:
     # ------------------------------------------------------------------ API
 
     def import_predictions(self, project_id: int, predictions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        """Return Label Studio's answer (``{"created": n}``) after importing predictions, each naming its ``task``."""
+        """Return Label Studio's answer (``{"created": n}``) after importing predictions, each naming its ``task``.
+
+        Connection errors and 5xx are retried; when a failure leaves open whether Label Studio stored the
+        batch (a lost response, a 502), the tasks that already hold an equal prediction are left out of the
+        resend, so a retry never doubles a prediction.
+        """
         payload = []
         for index, prediction in enumerate(predictions):
             if not isinstance(prediction, Mapping) or "task" not in prediction or "result" not in prediction:
@@ -201,16 +228,56 @@ class LabelStudioClient:
             payload.append(dict(prediction))
         if not payload:
             return {"created": 0}
-        body = self.request_json("POST", f"/api/projects/{int(project_id)}/import/predictions", json=payload)
-        return body if isinstance(body, dict) else {"created": len(payload)}
+        path = f"/api/projects/{int(project_id)}/import/predictions"
+        pending = payload
+        for attempt in range(self.max_retries + 1):
+            try:
+                body = self.request_json("POST", path, json=pending, idempotent=False)
+            except _AmbiguousFailure as exc:
+                if attempt >= self.max_retries:
+                    raise LabelStudioError(
+                        f"Label Studio POST {path} failed {attempt + 1} times: {exc.description}", retryable=True
+                    ) from exc
+                log.warning("Label Studio POST %s: %s; checking what landed before resending", path, exc.description)
+                self._sleep(exc.delay)
+                pending = [p for p in pending if not self._holds_prediction(p)]
+                if not pending:
+                    return {"created": len(payload)}
+                continue
+            created = body.get("created") if isinstance(body, dict) else None
+            already = len(payload) - len(pending)
+            return {"created": (created if isinstance(created, int) else len(pending)) + already}
+        raise AssertionError("unreachable")
 
     def create_prediction(self, task_id: int, prediction: Mapping[str, Any]) -> dict[str, Any]:
-        """Return the prediction Label Studio created for one task (``prediction`` holds result, score, model_version)."""
+        """Return the prediction Label Studio holds for one task after creating it (retries never double it)."""
         if "result" not in prediction:
             raise ValueError("prediction needs a 'result' key")
         body = {**prediction, "task": int(task_id)}
-        created = self.request_json("POST", "/api/predictions/", json=body)
-        return created if isinstance(created, dict) else {}
+        for attempt in range(self.max_retries + 1):
+            try:
+                created = self.request_json("POST", "/api/predictions/", json=body, idempotent=False)
+                return created if isinstance(created, dict) else {}
+            except _AmbiguousFailure as exc:
+                if attempt >= self.max_retries:
+                    raise LabelStudioError(
+                        f"Label Studio POST /api/predictions/ failed {attempt + 1} times: {exc.description}",
+                        retryable=True,
+                    ) from exc
+                self._sleep(exc.delay)
+                existing = self._holds_prediction(body)
+                if existing is not None:
+                    return existing
+        raise AssertionError("unreachable")
+
+    def _holds_prediction(self, prediction: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Return the task's stored prediction equal to this one (same model version and result), if any."""
+        for stored in self.list_predictions(int(prediction["task"])):
+            if stored.get("model_version") == prediction.get("model_version") and stored.get("result") == prediction.get(
+                "result"
+            ):
+                return stored
+        return None
 
     def list_predictions(self, task_id: int) -> list[dict[str, Any]]:
         """Return the predictions Label Studio holds for one task."""

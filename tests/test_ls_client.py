@@ -66,7 +66,10 @@ def start_server(state: FakeLabelStudio, port: int = 0) -> ThreadingHTTPServer:
             for key, value in headers.items():
                 self.send_header(key, value)
             self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up waiting, on purpose in the timeout tests
 
         do_GET = do_POST = _handle  # noqa: N815 - http.server's naming
 
@@ -245,7 +248,7 @@ def recording_sleep(delays: list[float]) -> Callable[[float], None]:
 
 def test_5xx_is_retried_with_growing_backoff(ls):
     ls.on("POST", "/api/projects/1/import/predictions",
-          (502, b"<html>Bad Gateway</html>", {}), (503, {}, {}), (500, {}, {}), (201, {"created": 1}, {}))
+          (503, b"<html>Service Unavailable</html>", {}), (503, {}, {}), (429, {}, {}), (201, {"created": 1}, {}))
     delays: list[float] = []
     client = client_for(ls, backoff_s=0.02, sleep=recording_sleep(delays))
     assert client.import_predictions(1, [{"task": 1, **PREDICTION}]) == {"created": 1}
@@ -308,3 +311,77 @@ def test_unreachable_label_studio_gives_a_clear_error():
     with pytest.raises(LabelStudioError, match="unreachable after 3 attempts") as info:
         client.create_prediction(1, PREDICTION)
     assert info.value.retryable
+
+
+# ------------------------------------------------------------------------------------------ no doubles
+
+
+class PredictionStore:
+    """Server-side predictions of the fake Label Studio, so tests can count what really landed."""
+
+    def __init__(self, ls: FakeLabelStudio) -> None:
+        self.by_task: dict[int, list[dict]] = {}
+        ls.routes[("GET", "/api/predictions/")] = lambda call: (
+            200, self.by_task.get(int(call.query["task"][0]), []), {})
+
+    def add(self, prediction: dict) -> None:
+        self.by_task.setdefault(int(prediction["task"]), []).append(dict(prediction))
+
+
+def test_import_after_a_lost_response_resends_only_what_did_not_land(ls):
+    store = PredictionStore(ls)
+    answers = iter([502, 201])
+
+    def import_route(call: Call):
+        status = next(answers)
+        # First call: task 1 is stored, then the proxy loses the answer (502); second call stores the rest.
+        for prediction in call.body[:1] if status == 502 else call.body:
+            store.add(prediction)
+        return status, {"created": len(call.body)}, {}
+
+    ls.routes[("POST", "/api/projects/1/import/predictions")] = import_route
+    predictions = [{"task": 1, **PREDICTION}, {"task": 2, **PREDICTION}]
+    assert client_for(ls).import_predictions(1, predictions) == {"created": 2}
+    posts = [c for c in ls.calls if c.method == "POST"]
+    assert [len(c.body) for c in posts] == [2, 1] and posts[1].body[0]["task"] == 2
+    assert {task: len(items) for task, items in store.by_task.items()} == {1: 1, 2: 1}
+
+
+def test_create_after_a_read_timeout_finds_the_stored_prediction_instead_of_doubling_it(ls):
+    store = PredictionStore(ls)
+
+    def slow_create(call: Call):
+        store.add(call.body)
+        time.sleep(0.6)  # stored, but the answer comes after the client's timeout
+        return 201, {"id": 1}, {}
+
+    ls.routes[("POST", "/api/predictions/")] = slow_create
+    stored = client_for(ls, timeout_s=0.2).create_prediction(7, PREDICTION)
+    assert stored["task"] == 7 and stored["model_version"] == PREDICTION["model_version"]
+    assert len(store.by_task[7]) == 1
+    assert [c.method for c in ls.calls] == ["POST", "GET"]
+
+
+def test_create_after_a_500_that_stored_nothing_is_resent(ls):
+    store = PredictionStore(ls)
+    answers = iter([500, 201])
+
+    def create(call: Call):
+        status = next(answers)
+        if status == 201:
+            store.add(call.body)
+        return status, {"id": 3}, {}
+
+    ls.routes[("POST", "/api/predictions/")] = create
+    assert client_for(ls).create_prediction(7, PREDICTION) == {"id": 3}
+    assert len(store.by_task[7]) == 1
+    assert [c.method for c in ls.calls] == ["POST", "GET", "POST"]
+
+
+def test_persistent_ambiguous_failures_give_up_with_a_retryable_error(ls):
+    PredictionStore(ls)
+    ls.on("POST", "/api/projects/1/import/predictions", (502, b"Bad Gateway", {}))
+    with pytest.raises(LabelStudioError, match="failed 3 times") as info:
+        client_for(ls, max_retries=2).import_predictions(1, [{"task": 1, **PREDICTION}])
+    assert info.value.retryable
+    assert [c.method for c in ls.calls] == ["POST", "GET", "POST", "GET", "POST"]
