@@ -35,6 +35,7 @@ from gem_engine.regions import Region, RegionOptions, extract_regions, mean_scor
 log = logging.getLogger("gem_labeler.pipeline")
 # Errors in the model or engine that no retry can fix (bad model/method combination, bad prompt).
 PERMANENT_ERRORS = (ValueError, TypeError, KeyError)
+PAYLOAD_KEYS = ("job_id", "prefix", "image_url", "vocabulary", "options", "model_version")
 
 
 @dataclass
@@ -108,6 +109,10 @@ def predict_payloads(
     works: list[_Work] = []
     full_sizes: dict[int, tuple[int, int]] = {}
     for i, payload in enumerate(payloads):
+        missing = [k for k in PAYLOAD_KEYS if k not in payload]
+        if missing:
+            outcomes[i] = TaskOutcome(error=f"malformed job payload: missing {missing}")
+            continue
         try:
             image = images.load_task_image(
                 payload["image_url"], settings, task_id=_int_or_none(payload.get("task_id")),
@@ -222,7 +227,8 @@ def _finish(payload: dict[str, Any], items: list[tuple[_Work, np.ndarray]], size
         threshold=options.threshold if options.threshold == "otsu" else float(options.threshold),
         background_names=vocabulary.background,
         min_area_fraction=options.min_area,
-        instances=bool(context.get("result")),
+        # Keypoints select one connected component, so only they need instances.
+        instances=any(r.get("type") == "keypointlabels" for r in context.get("result") or []),
     )
     regions: list[Region] = []
     for work, maps in items:
