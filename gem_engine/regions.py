@@ -123,10 +123,10 @@ def extract_regions(
     if options.mode == "semantic":
         winner, probability = _semantic_assignment(up, low, span, usable, options.logit_scale)
         keep = probability >= options.background_threshold
-        masks = {i: (winner == i) & keep & (up[i] > thresholds[i]) for i in range(len(labels)) if candidates[i]}
+        masks = {i: (winner == i) & keep & _above(up[i], thresholds[i]) for i in range(len(labels)) if candidates[i]}
         score_maps = dict.fromkeys(masks, probability)
     else:
-        masks = {i: up[i] > thresholds[i] for i in range(len(labels)) if candidates[i]}
+        masks = {i: _above(up[i], thresholds[i]) for i in range(len(labels)) if candidates[i]}
         score_maps = {i: up[i] for i in masks}
 
     masks = _clean(masks, options, exclusive=options.mode == "semantic")
@@ -206,13 +206,23 @@ def _upsample(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _threshold(label_map: np.ndarray, threshold: float | str) -> float | None:
-    """Return the foreground threshold on a normalized map, or None when Otsu finds no split."""
+def _threshold(label_map: np.ndarray, threshold: float | str) -> tuple[np.float64, bool] | None:
+    """Return (threshold on the normalized map, strict), or None when Otsu finds no split.
+
+    Otsu is strict (value > t, as scikit-image applies it); a given value is inclusive (value >= t),
+    so that 0 keeps every pixel and semantic mode becomes a plain argmax.
+    """
     if threshold != "otsu":
-        return float(threshold)
+        return np.float64(threshold), False
     if float(label_map.max()) - float(label_map.min()) <= 0:
         return None
-    return float(filters.threshold_otsu(label_map))
+    return np.float64(filters.threshold_otsu(label_map)), True
+
+
+def _above(label_map: np.ndarray, threshold: tuple[np.float64, bool]) -> np.ndarray:
+    # A float64 scalar keeps the comparison in float64, like scikit-image's own `image > t`.
+    value, strict = threshold
+    return label_map > value if strict else label_map >= value
 
 
 def _semantic_assignment(

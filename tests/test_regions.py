@@ -327,3 +327,30 @@ def test_bad_input_is_rejected_clearly(maps, labels, size, match):
 def test_bad_options_are_rejected_clearly(options):
     with pytest.raises(ValueError):
         RegionOptions(**options)
+
+
+def test_semantic_with_threshold_zero_is_a_plain_argmax_partition():
+    maps = np.stack([blob(4, 8), blob(12, 8), blob(8, 2)])
+    options = RegionOptions(threshold=0.0, min_object_fraction=0, min_hole_fraction=0, min_area_fraction=0)
+    regions = extract_regions(maps, ["a", "b", "c"], (64, 64), options)
+    assert [r.label for r in regions] == ["a", "b", "c"]
+    total = sum(r.mask.astype(int) for r in regions)
+    assert (total == 1).all()  # every pixel belongs to exactly one label
+    up = transform.resize(maps, (3, 64, 64), order=1, mode="edge", anti_aliasing=False)
+    assert np.array_equal(regions[0].mask, up.argmax(axis=0) == 0)
+
+
+def test_upsampling_matches_torch_bilinear_half_pixel_convention():
+    import torch  # the engine's dependency; regions itself stays torch-free
+
+    rng = np.random.default_rng(1)
+    raw = rng.random((1, 7, 9)).astype(np.float32)
+    options = RegionOptions(mode="independent", threshold=0.5, min_object_fraction=0, min_hole_fraction=0)
+    region = extract_regions(raw, ["x"], (90, 70), options)[0]
+    normalized = (raw - raw.min()) / (raw.max() - raw.min())
+    reference = torch.nn.functional.interpolate(
+        torch.from_numpy(normalized)[None], size=(70, 90), mode="bilinear", align_corners=False
+    )[0, 0].numpy()
+    # Pixels clearly away from the threshold must agree; a float ulp may flip the rest.
+    clear = np.abs(reference - 0.5) > 1e-4
+    assert np.array_equal(region.mask[clear], (reference >= 0.5)[clear])
