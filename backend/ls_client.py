@@ -313,7 +313,9 @@ class LabelStudioClient:
                 return
             yield from tasks
             seen += len(tasks)
-            if len(tasks) < page_size or (isinstance(total, int) and seen >= total):
+            # Label Studio may cap page_size (TASK_API_PAGE_SIZE_MAX), so a short page ends the walk only
+            # when no total is given.
+            if seen >= total if isinstance(total, int) else len(tasks) < page_size:
                 return
             page += 1
 

@@ -160,6 +160,18 @@ def test_iter_tasks_stops_at_the_404_after_an_exact_last_page(ls):
     assert [t["id"] for t in client_for(ls).iter_tasks(1, page_size=3)] == list(range(6))
 
 
+def test_iter_tasks_survives_a_server_side_page_size_cap(ls):
+    tasks = [{"id": i, "data": {}} for i in range(7)]
+
+    def page(call: Call):
+        number, size = int(call.query["page"][0]), min(int(call.query["page_size"][0]), 2)  # TASK_API_PAGE_SIZE_MAX=2
+        chunk = tasks[(number - 1) * size : number * size]
+        return (200, {"tasks": chunk, "total": len(tasks)}, {}) if chunk else (404, {"detail": "Invalid page."}, {})
+
+    ls.routes[("GET", "/api/tasks/")] = page
+    assert [t["id"] for t in client_for(ls).iter_tasks(1, page_size=5)] == list(range(7))
+
+
 def test_iter_tasks_of_a_missing_project_is_an_error(ls):
     ls.on("GET", "/api/tasks/", (404, {"detail": "Not found."}, {}))
     with pytest.raises(LabelStudioError) as info:
