@@ -1,0 +1,189 @@
+"""HeatmapEngine: images and label prompts to one raw map per label, one forward pass per image."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+
+from gem_engine import text as text_module
+from gem_engine.baselines import anchor_attention_maps, patch_maps
+from gem_engine.gem import DEFAULT_GEM_BLOCKS, GemOptions, check_vit, cosine_maps, patch_features, run_streams
+from gem_engine.models import LoadedModel, UnsupportedModelError
+from gem_engine.preprocess import INPUT_MODES, Prepared, prepare
+
+METHODS = ("gem", "gradcam", "patch", "qk", "vv")
+TOKEN_METHODS = ("gem", "patch", "qk", "vv")
+REFERENCE_SIZE = 448  # the GEM reference's input resolution
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Everything that shapes the maps, besides the model and the method."""
+
+    input_mode: str = "square"
+    image_size: int | None = None  # None: 448 for token methods, the model's own size for gradcam
+    gem_blocks: int | None = None  # None: the reference's 6, or every block of a shallower model
+    gem_iterations: int = 1
+    gem_temperature: float | None = None
+    templates: str = "single"
+    combine: str = "mean"
+    batch_size: int = 8
+    window_stride: float = 2 / 3
+    max_side: int = 1344
+    gradcam_layer: object | None = None
+    gradcam_target: str = "cosine"
+    gradcam_chunk_size: int = 64
+
+
+class HeatmapEngine:
+    """Turns images and label prompts into raw per-label heatmaps with one of METHODS."""
+
+    def __init__(self, loaded: LoadedModel, *, method: str = "gem", **options):
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+        try:
+            self.options = EngineOptions(**options)
+        except TypeError as error:
+            known = ", ".join(EngineOptions.__dataclass_fields__)
+            raise TypeError(f"{error}; HeatmapEngine options are: {known}") from error
+        opts = self.options
+        if opts.input_mode not in INPUT_MODES:
+            raise ValueError(f"unknown input_mode {opts.input_mode!r}: use one of {', '.join(INPUT_MODES)}")
+        if opts.templates not in text_module.TEMPLATE_SETS:
+            raise ValueError(f"unknown templates {opts.templates!r}: use one of {', '.join(text_module.TEMPLATE_SETS)}")
+        if opts.combine not in text_module.COMBINES:
+            raise ValueError(f"unknown combine {opts.combine!r}: use one of {', '.join(text_module.COMBINES)}")
+        if opts.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {opts.batch_size}")
+        if not 0 < opts.window_stride <= 1:
+            raise ValueError(f"window_stride must be in (0, 1], got {opts.window_stride}")
+        self.loaded = loaded
+        self.method = method
+        if method in TOKEN_METHODS:
+            if not loaded.is_vit:
+                raise UnsupportedModelError(
+                    f"method {method!r} needs an open_clip ViT with a class token, but {loaded.name} has a "
+                    f"{type(loaded.model.visual).__name__} vision tower; methods that support it: gradcam"
+                )
+            check_vit(loaded.model.visual)
+            depth = len(loaded.model.visual.transformer.resblocks)
+            gem_blocks = min(DEFAULT_GEM_BLOCKS, depth) if opts.gem_blocks is None else opts.gem_blocks
+            if not 1 <= gem_blocks <= depth:
+                raise ValueError(f"gem_blocks must be between 1 and {depth} for {loaded.name}, got {gem_blocks}")
+            if opts.gem_iterations < 0:
+                raise ValueError(f"gem_iterations must be >= 0, got {opts.gem_iterations}")
+            self.patch = loaded.patch_size
+            self.size = opts.image_size or REFERENCE_SIZE
+        else:
+            if opts.input_mode != "square":
+                raise ValueError("gradcam runs on square inputs at the model's own size: use input_mode='square'")
+            self.patch = loaded.patch_size or (1, 1)
+            self.size = opts.image_size or loaded.image_size[0]
+            gem_blocks = DEFAULT_GEM_BLOCKS
+        if self.size < max(self.patch):
+            raise ValueError(f"image_size {self.size} is smaller than one patch {self.patch}")
+        self.gem_options = GemOptions(gem_blocks, opts.gem_iterations, opts.gem_temperature)
+
+    def text(self, prompts: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Return (embeddings [P, D], label index of each row [P], number of labels) for the prompts."""
+        labels = text_module.validate_prompts(prompts)
+        if self.options.combine == "mean":
+            embeddings = text_module.text_embeddings(self.loaded, labels, templates=self.options.templates)
+            owner = torch.arange(len(labels), device=embeddings.device)
+        else:
+            embeddings, owner = text_module.synonym_embeddings(self.loaded, labels, templates=self.options.templates)
+        return embeddings.to(self.loaded.device), owner, len(labels)
+
+    def heatmaps(self, images: Sequence[PIL.Image.Image], prompts: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Return per image a float32 [L, rows, cols] raw map at patch-grid resolution, one per label."""
+        if isinstance(images, PIL.Image.Image):
+            raise TypeError("images must be a sequence of PIL images; wrap a single image in a list")
+        embeddings, owner, label_count = self.text(prompts)
+        if len(images) == 0:
+            return []
+        prepared = [self._prepare(image) for image in images]
+        grids = [self._run(item, embeddings) for item in self._windows(prepared)]
+        results = self._assemble(prepared, grids)
+        return [self._combine(maps, owner, label_count) for maps in results]
+
+    def _prepare(self, image: PIL.Image.Image) -> Prepared:
+        return prepare(
+            image,
+            mode=self.options.input_mode,
+            size=self.size,
+            patch=self.patch,
+            mean=self.loaded.mean,
+            std=self.loaded.std,
+            stride=self.options.window_stride,
+            max_side=self.options.max_side,
+        )
+
+    def _windows(self, prepared: list[Prepared]):
+        """Yield batches of same-shaped windows with their (image, window) owners."""
+        by_shape: dict[tuple[int, ...], list[tuple[int, int]]] = defaultdict(list)
+        for image_index, item in enumerate(prepared):
+            for window_index, window in enumerate(item.windows):
+                by_shape[tuple(window.pixels.shape)].append((image_index, window_index))
+        for members in by_shape.values():
+            for start in range(0, len(members), self.options.batch_size):
+                chunk = members[start : start + self.options.batch_size]
+                pixels = torch.stack([prepared[i].windows[w].pixels for i, w in chunk])
+                yield chunk, pixels
+
+    def _run(self, item, embeddings: torch.Tensor) -> tuple[list[tuple[int, int]], torch.Tensor]:
+        chunk, pixels = item
+        pixels = pixels.to(self.loaded.device, self.loaded.dtype)
+        if self.method == "gradcam":
+            from gem_engine.gradcam import gradcam_maps
+
+            kwargs = {"target": self.options.gradcam_target, "chunk_size": self.options.gradcam_chunk_size}
+            if self.options.gradcam_layer is not None:
+                kwargs["layer"] = self.options.gradcam_layer
+            maps = gradcam_maps(self.loaded.model, pixels, embeddings.to(self.loaded.dtype), **kwargs)
+            return chunk, maps.detach().float().cpu()
+        with torch.inference_mode():
+            return chunk, self._token_maps(pixels, embeddings).float().cpu()
+
+    def _token_maps(self, pixels: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        visual = self.loaded.model.visual
+        if self.method == "gem":
+            streams = run_streams(visual, pixels, self.gem_options)
+            return cosine_maps(patch_features(streams.gem), embeddings, streams.grid)
+        needs_qkv = self.method in ("qk", "vv")
+        streams = run_streams(visual, pixels, None, want_original=True, want_last_qkv=needs_qkv)
+        if self.method == "patch":
+            return patch_maps(streams, embeddings)
+        return anchor_attention_maps(streams, embeddings, self.method)
+
+    def _assemble(self, prepared: list[Prepared], batches) -> list[torch.Tensor]:
+        """Return per image [P, rows, cols], averaging overlapping sliding windows on the patch grid."""
+        sums: list[torch.Tensor | None] = [None] * len(prepared)
+        counts: list[torch.Tensor | None] = [None] * len(prepared)
+        for chunk, maps in batches:
+            for (image_index, window_index), window_maps in zip(chunk, maps, strict=True):
+                item = prepared[image_index]
+                if len(item.windows) == 1:
+                    sums[image_index] = window_maps
+                    continue
+                if sums[image_index] is None:
+                    sums[image_index] = torch.zeros(window_maps.shape[0], *item.grid)
+                    counts[image_index] = torch.zeros(item.grid)
+                window = item.windows[window_index]
+                rows, cols = window_maps.shape[-2:]
+                sums[image_index][:, window.row : window.row + rows, window.col : window.col + cols] += window_maps
+                counts[image_index][window.row : window.row + rows, window.col : window.col + cols] += 1
+        return [total if count is None else total / count for total, count in zip(sums, counts, strict=True)]
+
+    def _combine(self, maps: torch.Tensor, owner: torch.Tensor, label_count: int) -> np.ndarray:
+        if self.options.combine == "mean":
+            return maps.numpy().astype(np.float32, copy=False)
+        owner = owner.cpu()
+        out = torch.full((label_count, *maps.shape[1:]), float("-inf"))
+        for label in range(label_count):
+            out[label] = maps[owner == label].amax(dim=0)
+        return out.numpy().astype(np.float32, copy=False)

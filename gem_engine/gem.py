@@ -1,0 +1,239 @@
+"""GEM (Grounding Everything, CVPR 2024) as functions over an open_clip VisionTransformer's blocks.
+
+Nothing is patched: the model's own modules are read and called, and a second "GEM stream" is
+computed beside the original one in the last `gem_blocks` blocks.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import CustomResidualAttentionBlock, ResidualAttentionBlock, VisionTransformer
+
+from gem_engine.models import UnsupportedModelError
+
+DEFAULT_GEM_BLOCKS = 6  # the reference's gem_depth=7 modifies the last 6 blocks
+
+
+@dataclass(frozen=True)
+class GemOptions:
+    """GEM hyper-parameters: number of modified blocks, self-self iterations, fixed inverse temperature."""
+
+    blocks: int = DEFAULT_GEM_BLOCKS
+    iterations: int = 1
+    temperature: float | None = None  # None: per image and block, from the mean token norm (reference)
+
+
+@dataclass(frozen=True)
+class BlockWeights:
+    """The pieces of one attention block that the streams need."""
+
+    ln_1: torch.nn.Module
+    ls_1: torch.nn.Module
+    in_weight: torch.Tensor
+    in_bias: torch.Tensor | None
+    out_proj: torch.nn.Linear
+    heads: int
+
+
+def check_vit(visual: torch.nn.Module) -> VisionTransformer:
+    """Return the tower if token methods can run on it, else raise UnsupportedModelError."""
+    if not isinstance(visual, VisionTransformer) or not hasattr(visual, "class_embedding"):
+        raise UnsupportedModelError(
+            f"{type(visual).__name__} is not an open_clip ViT with a class token; "
+            "methods gem/patch/qk/vv need one, use method='gradcam' for this model"
+        )
+    if getattr(visual, "attn_pool", None) is not None:
+        raise UnsupportedModelError("ViTs with attentional pooling are not supported by gem/patch/qk/vv")
+    return visual
+
+
+def block_weights(block: torch.nn.Module) -> BlockWeights:
+    """Return the attention weights of a block, refusing attention variants GEM is not defined for."""
+    if isinstance(block, ResidualAttentionBlock):
+        attn = block.attn
+        if getattr(attn, "in_proj_weight", None) is None or not attn._qkv_same_embed_dim:
+            raise UnsupportedModelError("attention without a packed q/k/v projection is not supported")
+        return BlockWeights(block.ln_1, block.ls_1, attn.in_proj_weight, attn.in_proj_bias, attn.out_proj,
+                            attn.num_heads)
+    if isinstance(block, CustomResidualAttentionBlock):
+        attn = block.attn
+        plain = (
+            isinstance(attn.ln_q, torch.nn.Identity)
+            and attn.logit_scale is None
+            and attn.head_scale is None
+            and isinstance(attn.ln_inner, torch.nn.Identity)
+            and isinstance(block.ln_attn, torch.nn.Identity)
+        )
+        if not plain:
+            raise UnsupportedModelError("GEM is not defined for qk-norm / scaled-cosine / sub-LN attention blocks")
+        return BlockWeights(block.ln_1, block.ls_1, attn.in_proj_weight, attn.in_proj_bias, attn.out_proj,
+                            attn.num_heads)
+    raise UnsupportedModelError(f"unsupported transformer block {type(block).__name__}")
+
+
+def split_heads(x: torch.Tensor, weights: BlockWeights) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return q, k, v as [B, heads, N, head_dim] from the normalized block input [B, N, C]."""
+    batch, tokens, width = x.shape
+    qkv = F.linear(x, weights.in_weight, weights.in_bias)
+    qkv = qkv.view(batch, tokens, 3, weights.heads, width // weights.heads).permute(2, 0, 3, 1, 4)
+    return qkv[0], qkv[1], qkv[2]
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """Return [B, N, C] from [B, heads, N, head_dim]."""
+    batch, heads, tokens, dim = x.shape
+    return x.transpose(1, 2).reshape(batch, tokens, heads * dim)
+
+
+# visual module -> {(rows, cols, dtype, device): [1, 1 + rows*cols, C]}
+_POS_CACHE: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
+_POS_LOCK = threading.Lock()
+
+
+def position_embedding(visual: VisionTransformer, grid: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+    """Return [1, 1 + rows*cols, C] position embeddings for a patch grid, interpolated once and cached.
+
+    As the reference: bicubic, antialias, align_corners=False, from the square native grid; class
+    position kept.
+    """
+    pos = visual.positional_embedding
+    key = (grid[0], grid[1], dtype, pos.device)
+    with _POS_LOCK:
+        cached = _POS_CACHE.setdefault(visual, {}).get(key)
+    if cached is not None:
+        return cached
+    native = tuple(visual.grid_size)
+    if tuple(grid) == native:
+        result = pos.unsqueeze(0)
+    else:
+        prefix, patches = pos[:1], pos[1:]
+        side = int(round((pos.shape[0] - 1) ** 0.5))
+        patches = patches.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        with torch.no_grad():
+            patches = F.interpolate(patches.float(), size=grid, mode="bicubic", antialias=True,
+                                    align_corners=False).to(pos.dtype)
+        patches = patches.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
+        result = torch.cat([prefix, patches]).unsqueeze(0)
+    result = result.detach().to(dtype)
+    with _POS_LOCK:
+        _POS_CACHE[visual][key] = result
+    return result
+
+
+def embed_tokens(visual: VisionTransformer, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Return ([B, 1 + rows*cols, C] tokens after ln_pre, (rows, cols)) for any multiple-of-patch input."""
+    x = visual.conv1(pixels.to(visual.conv1.weight.dtype))
+    grid = (x.shape[2], x.shape[3])
+    x = x.flatten(2).transpose(1, 2)
+    cls = visual.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)
+    x = torch.cat([cls, x], dim=1) + position_embedding(visual, grid, x.dtype)
+    x = visual.patch_dropout(x)
+    return visual.ln_pre(x), grid
+
+
+def original_block(block: torch.nn.Module, weights: BlockWeights, x: torch.Tensor, normed: torch.Tensor,
+                   q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mlp: bool = True) -> torch.Tensor:
+    """Return the unmodified block's output, reusing q/k/v already projected for GEM."""
+    attended = merge_heads(F.scaled_dot_product_attention(q, k, v))
+    x = x + weights.ls_1(weights.out_proj(attended))
+    if mlp:
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x
+
+
+def self_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, normed: torch.Tensor,
+                        options: GemOptions) -> torch.Tensor:
+    """Return the GEM branch output [B, heads, N, head_dim] before out_proj: mean over p in q,k,v.
+
+    For each p: Zn = normalize(p); n times Z = softmax(s Zn Zn^T) Zn; then softmax(s Zn Zn^T) @ v.
+    The three streams run as one batched fused attention, with s folded into the queries.
+    """
+    batch, heads, tokens, dim = q.shape
+    if options.temperature is None:
+        # Per image: mean over all tokens of the full-width norm of ln_1(x), times head_dim^-0.5.
+        inv_temp = normed.float().norm(dim=-1).mean(dim=-1).to(q.dtype) * dim**-0.5
+        inv_temp = inv_temp.view(1, batch, 1, 1, 1)
+    else:
+        inv_temp = torch.tensor(options.temperature, dtype=q.dtype, device=q.device)
+    z = torch.stack([q, k, v])  # [3, B, H, N, d]
+    for _ in range(options.iterations):
+        zn = F.normalize(z, dim=-1)
+        z = F.scaled_dot_product_attention((zn * inv_temp).flatten(0, 1), zn.flatten(0, 1), zn.flatten(0, 1),
+                                           scale=1.0).view_as(zn)
+    zn = F.normalize(z, dim=-1)
+    values = v.unsqueeze(0).expand(3, -1, -1, -1, -1)
+    out = F.scaled_dot_product_attention((zn * inv_temp).flatten(0, 1), zn.flatten(0, 1), values.flatten(0, 1),
+                                         scale=1.0).view_as(zn)
+    return out.mean(dim=0)
+
+
+@dataclass
+class StreamOutput:
+    """Token features after ln_post and proj: the GEM stream and, when asked, the original stream."""
+
+    gem: torch.Tensor | None  # [B, 1 + N, D]
+    original: torch.Tensor | None  # [B, 1 + N, D]
+    last_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # last block's q, k, v
+    grid: tuple[int, int]
+
+
+def project(visual: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
+    """Return ln_post(tokens) @ proj for all tokens."""
+    tokens = visual.ln_post(tokens)
+    return tokens @ visual.proj if visual.proj is not None else tokens
+
+
+def run_streams(visual: VisionTransformer, pixels: torch.Tensor, options: GemOptions | None, *,
+                want_original: bool = False, want_last_qkv: bool = False) -> StreamOutput:
+    """Return projected tokens of the GEM stream (options given) and/or of the unmodified model."""
+    check_vit(visual)
+    blocks = list(visual.transformer.resblocks)
+    if not visual.transformer.batch_first:
+        raise UnsupportedModelError("sequence-first transformers (open_clip batch_first=False) are not supported")
+    gem_blocks = 0 if options is None else options.blocks
+    if options is not None and not 1 <= gem_blocks <= len(blocks):
+        raise ValueError(f"gem blocks must be between 1 and {len(blocks)} for this model, got {gem_blocks}")
+    if options is not None and options.iterations < 0:
+        raise ValueError(f"GEM iterations must be >= 0, got {options.iterations}")
+
+    x, grid = embed_tokens(visual, pixels)
+    first_special = len(blocks) - max(gem_blocks, 1 if want_last_qkv else 0)
+    for block in blocks[:first_special]:
+        x = block(x)
+    gem_x = x if options is not None else None
+    last_qkv = None
+    for index in range(first_special, len(blocks)):
+        block = blocks[index]
+        weights = block_weights(block)
+        normed = weights.ln_1(x)
+        q, k, v = split_heads(normed, weights)
+        is_last = index == len(blocks) - 1
+        if is_last and want_last_qkv:
+            last_qkv = (q, k, v)
+        if gem_x is not None and index >= len(blocks) - gem_blocks:
+            gem_out = self_self_attention(q, k, v, normed, options)
+            gem_x = gem_x + weights.ls_1(weights.out_proj(merge_heads(gem_out)))
+        if not is_last or want_original:
+            x = original_block(block, weights, x, normed, q, k, v)
+    return StreamOutput(
+        gem=project(visual, gem_x) if gem_x is not None else None,
+        original=project(visual, x) if want_original else None,
+        last_qkv=last_qkv,
+        grid=grid,
+    )
+
+
+def patch_features(tokens: torch.Tensor) -> torch.Tensor:
+    """Return L2-normalized patch features [B, N, D] (class token dropped), as float32."""
+    return F.normalize(tokens[:, 1:].float(), dim=-1)
+
+
+def cosine_maps(features: torch.Tensor, text: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Return [B, L, rows, cols] cosine maps of normalized patch features and text embeddings."""
+    sims = features @ text.to(features.dtype).T  # [B, N, L]
+    return sims.transpose(1, 2).reshape(features.shape[0], text.shape[0], grid[0], grid[1])
