@@ -63,6 +63,24 @@ def test_long_runs_match_sdk(mask):
     _check(mask)
 
 
+@st.composite
+def line_masks(draw):
+    """1xN and Nx1 masks up to 20000 pixels with sparse set pixels (long runs between them)."""
+    length = draw(st.integers(1, 20_000))
+    hits = draw(st.lists(st.integers(0, length - 1), max_size=8))
+    flat = np.zeros(length, dtype=bool)
+    flat[hits] = True
+    if draw(st.booleans()):
+        flat = ~flat
+    return flat.reshape(1, -1) if draw(st.booleans()) else flat.reshape(-1, 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(line_masks())
+def test_1xn_and_nx1_masks_match_sdk(mask):
+    _check(mask)
+
+
 @pytest.mark.parametrize(
     "mask",
     [
