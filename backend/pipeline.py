@@ -84,6 +84,14 @@ class EngineCache:
             self._engines[key] = engine
         return engine
 
+    def warm_up(self, options: ProjectOptions) -> float:
+        """Return the seconds one dummy image took through engine and regions (first calls pay lazy setup)."""
+        started = time.monotonic()
+        image = PIL.Image.new("RGB", (64, 48), (120, 90, 60))
+        maps = self.get(options).heatmaps([image], [["an object"], ["background"]])
+        extract_regions(maps[0], ["an object", "background"], image.size)
+        return time.monotonic() - started
+
 
 @dataclass
 class _Work:

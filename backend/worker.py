@@ -190,7 +190,8 @@ def main(settings: Settings, *, burst: bool = False) -> int:
         log.error("%s", rq_queue.describe_error(settings.redis_url, exc))
         return 2
     try:
-        _STATE.engines.get(ProjectOptions.from_settings(settings))
+        warm_s = _STATE.engines.warm_up(ProjectOptions.from_settings(settings))
+        log.info("engine warmed up in %.1f s", warm_s)
     except Exception as exc:  # missing weights, unknown model: say so and stop, never serve broken
         log.error("cannot load the model: %s", exc)
         return 3
