@@ -115,11 +115,13 @@ def extract_regions(
     up = _upsample(normalized, (work_h, work_w))
     background = {name.strip().casefold() for name in options.background_names}
     is_background = [label.strip().casefold() in background for label in labels]
-    thresholds = [_threshold(up[i], options.label_thresholds.get(label, options.threshold)) for i, label in enumerate(labels)]
-
-    candidates = [
-        usable[i] and not is_background[i] and thresholds[i] is not None for i in range(len(labels))
+    thresholds = [
+        _threshold(up[i], options.label_thresholds.get(label, options.threshold))
+        if usable[i] and not is_background[i]
+        else None
+        for i, label in enumerate(labels)
     ]
+    candidates = [threshold is not None for threshold in thresholds]
     if options.mode == "semantic":
         winner, probability = _semantic_assignment(up, low, span, usable, options.logit_scale)
         keep = probability >= options.background_threshold
