@@ -49,10 +49,13 @@ Reason = Literal["invalid_url", "forbidden", "not_found", "unreachable", "too_la
 class ImageError(Exception):
     """A task's image could not be used: bad URL, forbidden target, unreachable, too large or undecodable."""
 
-    def __init__(self, message: str, *, reason: Reason = "undecodable", retryable: bool = False) -> None:
+    def __init__(
+        self, message: str, *, reason: Reason = "undecodable", retryable: bool = False, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason
+        self.status = status  # the HTTP status that caused it, when there was one
         # retryable: a later attempt may succeed (timeouts, refused connections, 5xx), so RQ may retry.
         self.retryable = retryable
 
@@ -394,13 +397,15 @@ def _check_hop(url: str, policy: FetchPolicy, *, trust_any_public_host: bool) ->
 def _describe_status(status: int, url: str, is_ls: bool) -> ImageError:
     where = "Label Studio" if is_ls else "image host"
     if status == 404:
-        return ImageError(f"{where} answered 404 Not Found for {_redact(url)}", reason="not_found")
+        return ImageError(f"{where} answered 404 Not Found for {_redact(url)}", reason="not_found", status=404)
     if status in (401, 403):
         hint = " (check LABEL_STUDIO_API_KEY)" if is_ls else ""
-        return ImageError(f"{where} refused access ({status}) to {_redact(url)}{hint}", reason="auth")
+        return ImageError(f"{where} refused access ({status}) to {_redact(url)}{hint}", reason="auth", status=status)
     if status >= 500 or status in (408, 429):
-        return ImageError(f"{where} answered {status} for {_redact(url)}", reason="unreachable", retryable=True)
-    return ImageError(f"{where} answered {status} for {_redact(url)}", reason="unreachable")
+        return ImageError(
+            f"{where} answered {status} for {_redact(url)}", reason="unreachable", retryable=True, status=status
+        )
+    return ImageError(f"{where} answered {status} for {_redact(url)}", reason="unreachable", status=status)
 
 
 def _redact(url: str) -> str:
@@ -422,7 +427,8 @@ def _fetch_one(
     for _hop in range(policy.max_redirects + 1):
         origin = _check_hop(url, policy, trust_any_public_host=redirected_by_ls)
         is_ls = origin == policy.label_studio_origin
-        headers = {"Accept": "image/*"}
+        # No narrow Accept header: Label Studio's REST views answer 406 to "Accept: image/*".
+        headers: dict[str, str] = {}
         if is_ls and auth_headers is not None:
             headers.update(auth_headers())
         try:
@@ -503,8 +509,8 @@ def read_image_bytes(
                              retryable=exc.retryable) from exc
 
     deadline = time.monotonic() + policy.total_timeout_s
+    errors: list[ImageError] = []
     with guarded_client(policy) as client:
-        error: ImageError | None = None
         for url in resolved.urls:
             try:
                 return _fetch_one(
@@ -516,11 +522,17 @@ def read_image_bytes(
                     deadline=deadline,
                 )
             except ImageError as exc:
-                if exc.reason != "not_found":
+                # Label Studio 1.23 answers 500 (not 404) for a missing file under /data/upload/.
+                if (errors and exc.status not in (403, 404)) or (not errors and exc.status not in (404, 500)):
                     raise
-                error = error or exc
-    assert error is not None
-    raise error
+                errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    # Both the upload path and the storage proxy said no (1.23: 500, then 403 for a file it does not know).
+    answers = ", then ".join(str(error.status) for error in errors)
+    raise ImageError(
+        f"Label Studio has no such file: {_redact(resolved.urls[0])} (it answered {answers})", reason="not_found"
+    )
 
 
 # --------------------------------------------------------------------------------------------------

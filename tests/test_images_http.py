@@ -119,6 +119,8 @@ def test_upload_is_fetched_from_label_studio_with_the_legacy_token(serve):
     picture = load_task_image("/data/upload/1/a.png", settings_for(ls))
     assert picture.size == (40, 30) and picture.mode == "RGB"
     assert ls.requests[0][1]["authorization"] == "Token legacy-token"
+    # Label Studio 1.23 answers 406 Not Acceptable to "Accept: image/*" (found against the real server).
+    assert ls.requests[0][1].get("accept", "*/*") == "*/*"
 
 
 def test_upload_falls_back_to_the_storage_proxy(serve):
@@ -126,6 +128,31 @@ def test_upload_falls_back_to_the_storage_proxy(serve):
     ls.routes["/storage-data/uploaded/"] = image
     assert load_task_image("/data/upload/1/a.png", settings_for(ls)).size == (40, 30)
     assert ls.paths() == ["/data/upload/1/a.png", "/storage-data/uploaded/?filepath=upload/1/a.png"]
+
+
+def test_missing_upload_is_not_found_even_when_label_studio_answers_500(serve):
+    ls = serve()
+    # Label Studio 1.23 answers 500 for a missing /data/upload/ file; its storage proxy then says 404.
+    ls.routes["/data/upload/1/missing.png"] = lambda h: reply(h, 500, b"Server Error", "text/html")
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/upload/1/missing.png", settings_for(ls))
+    assert (info.value.reason, info.value.retryable) == ("not_found", False)
+    assert "no such file" in info.value.message and "500, then 404" in info.value.message
+    assert ls.paths() == ["/data/upload/1/missing.png", "/storage-data/uploaded/?filepath=upload/1/missing.png"]
+    # ... and 403 from the storage proxy (what 1.23 really answers for a file it does not know) reads the same.
+    ls.routes["/storage-data/uploaded/"] = lambda h: reply(h, 403, b"{}", "application/json")
+    with pytest.raises(ImageError, match="no such file") as info:
+        load_task_image("/data/upload/1/missing.png", settings_for(ls))
+    assert info.value.reason == "not_found"
+
+
+def test_label_studio_down_on_both_upload_paths_stays_retryable(serve):
+    ls = serve()
+    ls.routes["/data/upload/1/a.png"] = lambda h: reply(h, 500, b"Server Error", "text/html")
+    ls.routes["/storage-data/uploaded/"] = lambda h: reply(h, 502, b"Bad Gateway", "text/html")
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/upload/1/a.png", settings_for(ls))
+    assert info.value.retryable and info.value.status == 502
 
 
 def test_personal_access_token_is_exchanged_once_and_sent_as_bearer(serve):
