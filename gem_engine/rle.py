@@ -108,53 +108,68 @@ def _pack(codes: np.ndarray, widths: np.ndarray) -> list[int]:
     return np.frombuffer(words.astype(">u8").tobytes(), dtype=np.uint8)[:n_bytes].tolist()
 
 
-def decode_rle_values(rle: Sequence[int]) -> np.ndarray:
-    """Return the flat uint8 values (RGBA interleaved) that a Label Studio brush RLE encodes."""
+def decode_rle_values(rle: Sequence[int], *, expected_count: int | None = None) -> np.ndarray:
+    """Return the flat uint8 values (RGBA interleaved) that a Label Studio brush RLE encodes.
+
+    With expected_count, a stream declaring another count is refused before anything is decoded.
+    """
     data = np.asarray(rle)
     if data.ndim != 1 or data.size < 7:
         raise ValueError("RLE must be a flat sequence of at least 7 bytes")
     if data.dtype.kind not in "iu" or data.min() < 0 or data.max() > 255:
         raise ValueError("RLE must contain integers in 0..255")
-    bits = np.unpackbits(data.astype(np.uint8)).tobytes().translate(bytes.maketrans(b"\x00\x01", b"01"))
-    text = bits.decode("ascii")
-    n_bits = len(text)
+    data = data.astype(np.uint64)
+    n_bits = data.size * 8
+    # A 64-bit big-endian window at every byte: any field of up to 56 bits is two shifts away.
+    padded = np.concatenate([data, np.zeros(8, dtype=np.uint64)])
+    window = np.zeros(data.size, dtype=np.uint64)
+    for k in range(8):
+        window = (window << np.uint64(8)) | padded[k : k + data.size]
+    windows = window.tolist()
+    mask64 = (1 << 64) - 1
 
     def read(pos: int, size: int) -> int:
         if pos + size > n_bits:
             raise ValueError("RLE ends in the middle of a code")
-        return int(text[pos : pos + size], 2)
+        return ((windows[pos >> 3] << (pos & 7)) & mask64) >> (64 - size)
 
     count = read(0, 32)
+    if expected_count is not None and count != expected_count:
+        raise ValueError(f"RLE declares {count} values, but {expected_count} are expected")
     word_size = read(32, 5) + 1
     sizes = [read(37 + 4 * i, 4) + 1 for i in range(4)]
     if word_size > 8:
         raise ValueError(f"RLE word size {word_size} is not supported (only 8-bit values)")
-    out = np.zeros(count, dtype=np.uint8)
+    lengths: list[int] = []
+    values: list[int] = []
     pos, i = 53, 0
     while i < count:
-        repeat = read(pos, 1)
-        size = sizes[read(pos + 1, 2)]
-        j = i + 1 + read(pos + 3, size)
+        head = read(pos, 3)
+        size = sizes[head & 3]
+        run = read(pos + 3, size) + 1
         pos += 3 + size
-        if j > count:
+        if i + run > count:
             raise ValueError(f"RLE run overflows the declared {count} values")
-        if repeat:
-            out[i:j] = read(pos, word_size)
+        if head >> 2:
+            values.append(read(pos, word_size))
+            lengths.append(run)
             pos += word_size
         else:
-            for k in range(i, j):
-                out[k] = read(pos, word_size)
+            for _ in range(run):
+                values.append(read(pos, word_size))
+                lengths.append(1)
                 pos += word_size
-        i = j
-    return out
+        i += run
+    return np.repeat(np.array(values, dtype=np.uint8), np.array(lengths, dtype=np.int64))
 
 
 def decode_rle(rle: Sequence[int], height: int, width: int, *, min_alpha: int = 1) -> np.ndarray:
     """Return the bool [height, width] mask of a brush RLE: pixels whose alpha is at least min_alpha."""
-    values = decode_rle_values(rle)
+    if height <= 0 or width <= 0:
+        raise ValueError(f"height and width must be positive, got {height}x{width}")
     expected = height * width * _CHANNELS
-    if values.size != expected:
-        raise ValueError(
-            f"RLE holds {values.size} values, but a {width}x{height} RGBA mask needs {expected}"
-        )
+    try:
+        values = decode_rle_values(rle, expected_count=expected)
+    except ValueError as error:
+        raise ValueError(f"{error} (a {width}x{height} RGBA mask needs {expected})") from None
     return values.reshape(height, width, _CHANNELS)[:, :, 3] >= min_alpha

@@ -116,6 +116,43 @@ def test_single_pixel_in_large_mask_matches_sdk():
     _check(mask)
 
 
+@st.composite
+def any_streams(draw):
+    """Arbitrary valid rle-pack streams, as Label Studio's own JS encoder may write them: literal runs of
+    several values and any run-size classes, which the SDK's Python encoder never emits."""
+    sizes = draw(st.lists(st.integers(1, 16), min_size=4, max_size=4))
+    codes = draw(
+        st.lists(
+            st.tuples(st.booleans(), st.integers(0, 3), st.integers(0, 2**16 - 1), st.lists(st.integers(0, 255), min_size=1, max_size=9)),
+            min_size=1,
+            max_size=30,
+        )
+    )
+    bits, count = [], 0
+
+    def put(value: int, width: int) -> None:
+        bits.append(format(value, f"0{width}b"))
+
+    for repeat, size_class, length, values in codes:
+        run = length % min(2 ** sizes[size_class], 9 if not repeat else 2**16) + 1
+        put(int(repeat), 1)
+        put(size_class, 2)
+        put(run - 1, sizes[size_class])
+        for k in range(1 if repeat else run):
+            put(values[k % len(values)], 8)
+        count += run
+    header = format(count, "032b") + format(7, "05b") + "".join(format(v - 1, "04b") for v in sizes)
+    text = header + "".join(bits)
+    text += "0" * (8 - len(text) % 8)
+    return [int(text[i : i + 8], 2) for i in range(0, len(text), 8)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(any_streams())
+def test_decoder_reads_any_stream_like_the_sdk(stream):
+    assert np.array_equal(decode_rle_values(stream), sdk_decode_rle(stream))
+
+
 def test_decoder_agrees_with_sdk_decoder():
     rng = np.random.default_rng(3)
     mask = rng.random((30, 20)) < 0.4
@@ -155,3 +192,8 @@ def test_decode_rejects_size_mismatch_and_garbage():
         decode_rle([0, 0, 0, 4, 300, 0, 0], 1, 1)
     with pytest.raises(ValueError, match="ends"):
         decode_rle(rle[:7], 4, 5)
+    with pytest.raises(ValueError, match="positive"):
+        decode_rle(rle, 0, 5)
+    # A header claiming billions of values is refused before any allocation.
+    with pytest.raises(ValueError, match="declares 4294967295"):
+        decode_rle([255, 255, 255, 255, 0, 0, 0], 4, 5)
