@@ -354,3 +354,19 @@ def test_upsampling_matches_torch_bilinear_half_pixel_convention():
     # Pixels clearly away from the threshold must agree; a float ulp may flip the rest.
     clear = np.abs(reference - 0.5) > 1e-4
     assert np.array_equal(region.mask[clear], (reference >= 0.5)[clear])
+
+
+def test_polygons_stay_in_natural_coordinates_when_working_smaller():
+    width, height = 2000, 1500
+    truth_grid = disc(40, 30, 15, 12, 8).astype(np.float32)[None]  # a disc on a 40x30 grid
+    options = RegionOptions(mode="independent", threshold=0.5, max_work_side=400)
+    region = extract_regions(truth_grid, ["disc"], (width, height), options)[0]
+    assert region.mask.shape == (height, width)
+    polygon = np.array(region.polygons[0])
+    rr, cc = draw.polygon(polygon[:, 1] / 100 * height - 0.5, polygon[:, 0] / 100 * width - 0.5, (height, width))
+    raster = np.zeros((height, width), bool)
+    raster[rr, cc] = True
+    assert iou(raster, region.mask) > 0.97
+    # The disc spans grid x in [7, 23] of 40, i.e. about 17.5 % .. 57.5 % of the width.
+    assert region.box[0] == pytest.approx(7 / 40 * 100, abs=1.5)
+    assert region.box[0] + region.box[2] == pytest.approx(23 / 40 * 100, abs=1.5)
