@@ -136,7 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"model_version": model_version(options)}
 
     @app.post("/predict")
-    def predict(body: dict[str, Any]) -> dict[str, Any]:
+    def predict(body: dict[str, Any]) -> JSONResponse:
         started = time.monotonic()
         tasks = body.get("tasks")
         if not isinstance(tasks, list):
@@ -164,7 +164,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 f"no interactive result within PREDICT_WAIT_S={settings.predict_wait_s} s "
                 f"({workers} worker(s) listening); try again or add workers",
             )
-        return {"results": items, "model_version": version}
+        # JSONResponse skips FastAPI's per-value encoder walk, which dominates for RLE-heavy results.
+        return JSONResponse({"results": items, "model_version": version})
 
     @app.post("/webhook")
     def webhook(body: dict[str, Any], background: BackgroundTasks) -> dict[str, Any]:
