@@ -183,6 +183,9 @@ def test_webhook_events(client, settings):
                                             "tasks": [task(10), task(11, "/data/local-files/?d=z.png")]})
     assert created.status_code == 200 and created.json()["tasks"] == 2
     batch = Queue(rq_queue.queue_name(settings.queue_prefix, "batch"), connection=conn, serializer=JSONSerializer)
+    deadline = time.monotonic() + 10  # the webhook answers first and enqueues right after
+    while batch.count < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert batch.count == 2
     payload = batch.jobs[0].args[0]
     assert payload["project"] == "8" and payload["task_id"] == 10 and payload["image_url"].endswith("a.png")
