@@ -104,12 +104,6 @@ def settings_for(ls: Server | None = None, **extra) -> SimpleNamespace:
     return SimpleNamespace(**values)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # ------------------------------------------------------------------------------------------ Label Studio
 
 
@@ -360,9 +354,12 @@ def test_trickling_server_hits_the_total_timeout(serve):
 
 
 def test_refused_connection_is_retryable():
-    settings = SimpleNamespace(label_studio_url=f"http://127.0.0.1:{free_port()}", label_studio_api_key="t")
-    with pytest.raises(ImageError) as info:
-        load_task_image("/data/upload/1/a.png", settings)
+    with socket.socket() as bound:  # bound, never listening: connections are refused
+        bound.bind(("127.0.0.1", 0))
+        settings = SimpleNamespace(label_studio_url=f"http://127.0.0.1:{bound.getsockname()[1]}",
+                                   label_studio_api_key="t")
+        with pytest.raises(ImageError) as info:
+            load_task_image("/data/upload/1/a.png", settings)
     assert info.value.reason == "unreachable" and info.value.retryable
 
 

@@ -48,7 +48,7 @@ class FakeLabelStudio:
         self.routes[(method, path)] = lambda call: queue.pop(0) if len(queue) > 1 else queue[0]
 
 
-def start_server(state: FakeLabelStudio, port: int = 0) -> ThreadingHTTPServer:
+def start_server(state: FakeLabelStudio, bound: socket.socket | None = None) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def _handle(self) -> None:
             parts = urlsplit(self.path)
@@ -76,7 +76,14 @@ def start_server(state: FakeLabelStudio, port: int = 0) -> ThreadingHTTPServer:
         def log_message(self, *args) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    if bound is None:
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    else:
+        # A socket bound but not listening refuses connections while keeping its port from other processes.
+        httpd = ThreadingHTTPServer(bound.getsockname(), Handler, bind_and_activate=False)
+        httpd.socket.close()
+        httpd.socket = bound
+        httpd.server_activate()
     httpd.daemon_threads = True
     state.port = httpd.server_address[1]
     threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
@@ -293,14 +300,14 @@ def test_client_errors_are_not_retried(ls):
 
 
 def test_unreachable_label_studio_is_retried_until_it_comes_back():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    bound = socket.socket()
+    bound.bind(("127.0.0.1", 0))
+    port = bound.getsockname()[1]
     state = FakeLabelStudio()
     state.on("POST", "/api/projects/1/import/predictions", (201, {"created": 1}, {}))
     servers: list[ThreadingHTTPServer] = []
-    # Label Studio "restarts": nothing listens on the port for ~0.4 s, then it answers.
-    timer = threading.Timer(0.4, lambda: servers.append(start_server(state, port)))
+    # Label Studio "restarts": its port refuses connections for ~0.4 s, then it answers.
+    timer = threading.Timer(0.4, lambda: servers.append(start_server(state, bound)))
     timer.start()
     try:
         client = LabelStudioClient(f"http://127.0.0.1:{port}", "t", backoff_s=0.05, max_backoff_s=0.2, max_retries=20)
@@ -310,18 +317,18 @@ def test_unreachable_label_studio_is_retried_until_it_comes_back():
         assert len(state.calls) == 1  # refused connections never reached it, so nothing was doubled
     finally:
         timer.join()
+        bound.close()
         for httpd in servers:
             httpd.shutdown()
             httpd.server_close()
 
 
 def test_unreachable_label_studio_gives_a_clear_error():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    client = LabelStudioClient(f"http://127.0.0.1:{port}", "t", backoff_s=0.01, max_retries=2)
-    with pytest.raises(LabelStudioError, match="unreachable after 3 attempts") as info:
-        client.create_prediction(1, PREDICTION)
+    with socket.socket() as bound:  # bound, never listening: connections are refused
+        bound.bind(("127.0.0.1", 0))
+        client = LabelStudioClient(f"http://127.0.0.1:{bound.getsockname()[1]}", "t", backoff_s=0.01, max_retries=2)
+        with pytest.raises(LabelStudioError, match="unreachable after 3 attempts") as info:
+            client.create_prediction(1, PREDICTION)
     assert info.value.retryable
 
 
