@@ -26,7 +26,9 @@ from backend.settings import Settings
 INTERACTIVE = "interactive"
 BATCH = "batch"
 RETRY_INTERVALS = [2, 10, 30]
-DEAD_STATUSES = (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+# A job in one of these states with no stored result will never deliver one: its worker died, or its
+# result (an error kept only ERROR_TTL_S) expired while RQ still remembers the job.
+DEAD_STATUSES = (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED, JobStatus.FINISHED)
 
 
 class RedisUnavailable(RuntimeError):
@@ -98,7 +100,6 @@ def enqueue(conn: redis.Redis, settings: Settings, payload: dict[str, Any], *, i
             except NoSuchJobError:
                 continue  # expired between the two calls: enqueue again
             if status in DEAD_STATUSES:
-                # Died without a stored result (a killed worker): drop the husk and compute again.
                 Job(job, connection=conn, serializer=JSONSerializer).delete(remove_from_queue=True)
                 continue
             return "exists"

@@ -276,6 +276,10 @@ def test_enqueue_recovers_a_dead_job_without_result(settings):
     assert rq_queue.enqueue(conn, settings, payload, interactive=False) == "enqueued"
     rq_queue.store_result(conn, settings.queue_prefix, payload["job_id"], {"prediction": {}}, 60)
     assert rq_queue.enqueue(conn, settings, payload, interactive=False) == "done"
+    # A finished job whose stored error expired (ERROR_TTL_S < RESULT_TTL_S) is computed again.
+    conn.delete(rq_queue.key(settings.queue_prefix, "result", payload["job_id"]))
+    job.set_status("finished")
+    assert rq_queue.enqueue(conn, settings, payload, interactive=False) == "enqueued"
 
 
 def test_redis_errors_are_described_without_password():
