@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class UsageError(ValueError):
-    """The command line or a file it names cannot be used; the message says what to change."""
+    """The run cannot start or go on as asked (bad flag, unreadable file, unreachable service); says what to fix."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -231,14 +231,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             if value is not None
         }
-        options = ProjectOptions.from_settings(settings, params)
         if args.images is not None:
-            summary = _run_folder_mode(args, settings, options)
+            summary = _run_folder_mode(args, settings, ProjectOptions.from_settings(settings, params))
             what = "images"
         else:
             from backend.bulk_project import run_project_mode
 
-            summary = run_project_mode(args, settings, options)
+            summary = run_project_mode(args, settings, params)
             what = "tasks"
     except (UsageError, SettingsError, OptionsError, LabelConfigError, FileNotFoundError) as exc:
         print(f"gem-labeler prelabel: {exc}", file=sys.stderr)

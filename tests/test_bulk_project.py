@@ -1,0 +1,271 @@
+"""Project mode against a recording Label Studio stand-in on loopback, real Redis and real worker processes.
+
+The real Label Studio is driven by the end-to-end suite; here the point is the paging, skipping, resume,
+batching and summary logic, so the stand-in records every call it gets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+import pytest
+import redis
+from label_studio_sdk.label_interface import LabelInterface
+from PIL import Image
+
+from backend import bulk
+from backend import queue as rq_queue
+from backend.jobs import ProjectOptions, model_version
+from backend.settings import Settings
+
+CONFIG = """
+<View>
+  <Image name="image" value="$image"/>
+  <BrushLabels name="brush" toName="image"><Label value="cat"/><Label value="remote control"/></BrushLabels>
+  <RectangleLabels name="box" toName="image"><Label value="cat"/><Label value="remote control"/></RectangleLabels>
+</View>
+"""
+TOKEN = "legacy-token-123"
+PROJECT = 7
+REPO = Path(__file__).resolve().parents[1]
+
+
+class FakeLabelStudio:
+    """The few Label Studio endpoints prelabel uses, answering like Label Studio 1.x and recording calls."""
+
+    def __init__(self, tasks: list[dict]) -> None:
+        self.tasks = tasks
+        self.predictions: dict[int, list[dict]] = defaultdict(list)
+        self.calls: list[tuple[str, str, dict, object]] = []
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def _answer(self, status: int, body: object) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _handle(self, method: str) -> None:
+                parts = urlsplit(self.path)
+                query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length)) if length else None
+                with fake.lock:
+                    fake.calls.append((method, parts.path, query, body))
+                if self.headers.get("Authorization") != f"Token {TOKEN}":
+                    return self._answer(401, {"detail": "Authentication credentials were not provided."})
+                status, answer = fake.route(method, parts.path, query, body)
+                self._answer(status, answer)
+
+            def do_GET(self):
+                self._handle("GET")
+
+            def do_POST(self):
+                self._handle("POST")
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def route(self, method: str, path: str, query: dict, body: object) -> tuple[int, object]:
+        with self.lock:
+            if method == "GET" and path == f"/api/projects/{PROJECT}/":
+                return 200, {"id": PROJECT, "title": "test", "label_config": CONFIG}
+            if method == "GET" and path == "/api/tasks/":
+                assert query["project"] == str(PROJECT) and query["fields"] == "task_only"
+                page, size = int(query["page"]), int(query["page_size"])
+                chunk = self.tasks[(page - 1) * size : page * size]
+                if not chunk and page > 1:
+                    return 404, {"detail": "Invalid page."}
+                # task_only: counts, no embedded annotations or predictions
+                listed = [{"id": t["id"], "data": t["data"], "total_annotations": t.get("total_annotations", 0),
+                           "total_predictions": len(self.predictions[t["id"]])} for t in chunk]
+                return 200, {"tasks": listed, "total": len(self.tasks)}
+            if method == "GET" and path == "/api/predictions/":
+                return 200, list(self.predictions[int(query["task"])])
+            if method == "POST" and path == f"/api/projects/{PROJECT}/import/predictions":
+                for prediction in body:
+                    self.predictions[int(prediction["task"])].append(prediction)
+                return 201, {"created": len(body)}
+        return 404, {"detail": f"no route {method} {path}"}
+
+    def posts(self) -> list[list[dict]]:
+        return [body for method, _, _, body in self.calls if method == "POST"]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _image(path: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(path)
+
+
+@pytest.fixture()
+def project_env(tmp_path, redis_url, tiny_vit_checkpoint, monkeypatch):
+    """Images, a Label Studio stand-in with 11 tasks of every kind, and the environment pointing at both."""
+    root = tmp_path / "files"
+    for index in range(1, 10):
+        _image(root / f"img{index}.jpg", index)
+    prefix = f"test-bulk-{uuid.uuid4().hex[:8]}"  # isolates this test's queues and keys on a shared Redis
+    env = {
+        "REDIS_URL": redis_url, "QUEUE_PREFIX": prefix, "LOCAL_FILES_DOCUMENT_ROOT": str(root), "DEVICE": "cpu",
+        "DATA_DIR": str(tmp_path / "data"), "JOB_RETRIES": "0", "LABEL_STUDIO_URL": "", "LABEL_STUDIO_API_KEY": "",
+        "MODEL_NAME": tiny_vit_checkpoint["model_name"], "MODEL_CONFIG": tiny_vit_checkpoint["model_config"],
+        "MODEL_PRETRAINED": tiny_vit_checkpoint["pretrained"], "WORKER_BATCH_SIZE": "4",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    version = model_version(ProjectOptions.from_settings(Settings.from_env()))
+
+    def task(ident: int, image: str | None, **extra) -> dict:
+        data = {"image": f"/data/local-files/?d={image}"} if image else {"caption": "no image here"}
+        return {"id": ident, "data": data, **extra}
+
+    tasks = [task(i, f"img{i}.jpg") for i in range(1, 7)]
+    tasks += [
+        task(7, "img7.jpg", total_annotations=1),  # annotated: skipped unless --include-annotated
+        task(8, "img8.jpg"),  # already predicted by this version: skipped
+        task(9, "img9.jpg"),  # predicted by another version: done
+        task(10, "missing.jpg"),  # the worker cannot read it: failed with the reason
+        task(11, None),  # no image at all: failed before enqueueing
+    ]
+    fake = FakeLabelStudio(tasks)
+    fake.predictions[8].append({"task": 8, "model_version": version, "result": []})
+    fake.predictions[9].append({"task": 9, "model_version": "someone-else-v1", "result": []})
+    yield {"fake": fake, "prefix": prefix, "redis_url": redis_url, "version": version, "root": root}
+    fake.close()
+    conn = redis.Redis.from_url(redis_url)
+    keys = list(conn.scan_iter(f"*{prefix}*"))
+    if keys:
+        conn.delete(*keys)
+
+
+def prelabel(env: dict, *extra: str, capsys) -> tuple[int, dict, str]:
+    argv = ["--project", str(PROJECT), "--url", env["fake"].url, "--api-key", TOKEN, "--page-size", "4",
+            "--json", "--no-progress", *extra]
+    code = bulk.main(argv)
+    out = capsys.readouterr().out.strip().splitlines()
+    return code, json.loads(out[-1]), "\n".join(out[:-1])
+
+
+def test_dry_run_pages_and_skips_without_writing(project_env, capsys):
+    fake = project_env["fake"]
+    code, summary, text = prelabel(project_env, "--dry-run", capsys=capsys)
+    assert code == 1  # the task without an image is already a failure
+    assert (summary["total"], summary["done"], summary["skipped"], summary["failed"]) == (11, 8, 2, 1)
+    assert "would pre-label 8" in text and "11" in text and "no image under 'image'" in text
+    pages = [int(q["page"]) for m, p, q, _ in fake.calls if p == "/api/tasks/"]
+    assert pages == [1, 2, 3]
+    assert all(m == "GET" for m, *_ in fake.calls)
+    # Only tasks whose listing says they hold predictions are asked about them.
+    asked = sorted(int(q["task"]) for m, p, q, _ in fake.calls if p == "/api/predictions/")
+    assert asked == [8, 9]
+    conn = redis.Redis.from_url(project_env["redis_url"])
+    assert conn.llen(f"rq:queue:{rq_queue.queue_name(project_env['prefix'], 'batch')}") == 0
+
+    code, summary, _ = prelabel(project_env, "--dry-run", "--limit", "3", "--include-annotated", capsys=capsys)
+    assert (summary["total"], summary["done"]) == (3, 3)
+    code, summary, _ = prelabel(project_env, "--dry-run", "--include-annotated", capsys=capsys)
+    assert (summary["done"], summary["skipped"]) == (9, 1)
+
+
+def test_run_pushes_in_batches_then_a_rerun_does_nothing(project_env, capsys):
+    fake = project_env["fake"]
+    code, summary, text = prelabel(project_env, "--workers", "1", "--push-batch", "3", capsys=capsys)
+    assert code == 1, text
+    assert (summary["total"], summary["done"], summary["skipped"], summary["failed"]) == (11, 7, 2, 2)
+    failures = {f["item"]: f["reason"] for f in summary["failures"]}
+    assert set(failures) == {"10", "11"}
+    assert "missing.jpg" in failures["10"] or "not found" in failures["10"].lower()
+    assert "10" in text and "11" in text  # the failure table
+
+    posts = fake.posts()
+    assert posts and all(1 <= len(batch) <= 3 for batch in posts)
+    pushed = sorted(p["task"] for batch in posts for p in batch)
+    assert pushed == [1, 2, 3, 4, 5, 6, 9], "each task exactly once, none skipped or failed"
+    interface = LabelInterface(CONFIG)
+    for batch in posts:
+        for prediction in batch:
+            assert prediction["model_version"] == project_env["version"]
+            body = {k: v for k, v in prediction.items() if k != "task"}
+            assert interface.validate_prediction(body, return_errors=True) == []
+
+    fake.calls.clear()
+    code, summary, _ = prelabel(project_env, capsys=capsys)  # no local workers: nothing may need computing
+    assert code == 1
+    assert (summary["done"], summary["skipped"], summary["failed"], summary["pending"]) == (0, 9, 2, 0)
+    assert fake.posts() == [], "nothing is stored twice"
+
+
+def test_bad_credentials_and_missing_redis_are_clear(project_env, capsys, monkeypatch):
+    argv = ["--project", str(PROJECT), "--url", project_env["fake"].url, "--api-key", "wrong", "--dry-run"]
+    assert bulk.main(argv) == 2
+    assert "401" in capsys.readouterr().err
+    monkeypatch.setenv("LABEL_STUDIO_URL", "")
+    assert bulk.main(["--project", "1"]) == 2
+    assert "LABEL_STUDIO_URL" in capsys.readouterr().err
+    monkeypatch.setenv("REDIS_URL", "")
+    assert bulk.main(["--project", str(PROJECT), "--url", project_env["fake"].url, "--api-key", TOKEN]) == 2
+    assert "REDIS_URL" in capsys.readouterr().err
+
+
+def test_ctrl_c_leaves_jobs_queued_and_a_rerun_finishes_them(project_env):
+    fake = project_env["fake"]
+    command = [sys.executable, "-m", "backend.cli", "prelabel", "--project", str(PROJECT), "--url", fake.url,
+               "--api-key", TOKEN, "--json", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # No worker listens on this test's queue, so the jobs stay queued until Ctrl-C.
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    conn = redis.Redis.from_url(project_env["redis_url"])
+    queue_key = f"rq:queue:{rq_queue.queue_name(project_env['prefix'], 'batch')}"
+    deadline = time.monotonic() + 120
+    while conn.llen(queue_key) < 8:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "jobs were not enqueued in time"
+        time.sleep(0.05)
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert time.monotonic() - started < 8, "nothing was running, so there is nothing to wait for"
+    assert "interrupted" in stdout and "run the same command again" in stdout
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert (summary["done"], summary["pending"], summary["failed"]) == (0, 8, 1)
+    assert fake.posts() == []
+    job_ids = conn.lrange(queue_key, 0, -1)
+
+    rerun = subprocess.run([*command, "--workers", "1"], cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 1, rerun.stderr  # task 10 (missing file) and 11 (no image) fail
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert (summary["done"], summary["failed"], summary["pending"]) == (7, 2, 0)
+    assert sorted(p["task"] for batch in fake.posts() for p in batch) == [1, 2, 3, 4, 5, 6, 9]
+    # The rerun reused the queued jobs (same deterministic ids) instead of enqueueing new ones.
+    finished = {rq_queue.key(project_env["prefix"], "result", j.decode()) for j in job_ids}
+    assert all(conn.exists(k) for k in finished)
