@@ -3,9 +3,10 @@
 The target for label c is the cosine similarity of the image embedding and the text embedding of c
 (or, with ``target="softmax"``, the probability of c in a softmax over the vocabulary scaled by the
 model's logit scale). Activations are taken where they still reach the image embedding: for a
-vision transformer the token input of the last block's ``ln_1`` (CLS dropped, patches row-major on
-the grid), for a ModifiedResNet the output of ``layer4``. All labels come from one forward pass and
-a vectorized backward (``is_grads_batched``) in chunks of ``chunk_size`` labels.
+vision transformer the tokens entering the last block (its ``ln_1`` input; CLS dropped, patches
+row-major on the grid), for a ModifiedResNet the output of ``layer4``. All labels come from one
+forward pass and a vectorized backward (``is_grads_batched``) in chunks of ``chunk_size`` labels;
+only the part of the network after the activations is recorded by autograd.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ def gradcam_maps(
 
     ``model`` is an open_clip CLIP (anything with a ``.visual`` tower); ``pixels`` [B, 3, H, W] are
     already normalized; ``text_embeddings`` [L, D] hold one row per label. ``layer`` overrides the
-    default activation site; ``capture`` says whether its input or output is taken (default: output
-    for an explicit layer, as pytorch-grad-cam does). The model is never modified: no hook stays
+    default activation site; ``capture`` says whether its input (as that module receives it: use it
+    on whole blocks) or its output is taken (default: output for an explicit layer, as pytorch-grad-cam
+    does). The model is never modified: no hook stays
     registered, no gradient is accumulated in its parameters, its train/eval mode is untouched.
     Low-precision weights on CPU are computed with temporary float32 copies of the weights.
     """
@@ -50,9 +52,7 @@ def gradcam_maps(
     # The caller may hold the model under inference_mode/no_grad (the GEM path does); gradients are
     # local to this call, and clones turn inference tensors into ones autograd may save.
     with torch.inference_mode(False), torch.enable_grad():
-        # Requiring grad on the input keeps a graph even when the weights are frozen; autograd.grad
-        # below only walks back to the activations, so nothing before them is differentiated.
-        x = pixels.detach().to(device=device, dtype=dtype).clone().requires_grad_(True)
+        x = pixels.detach().to(device=device, dtype=dtype).clone()
         texts = text_embeddings.detach().to(device=device, dtype=dtype).clone()
         features, activations = _forward_capturing(visual, x, layer, capture, upcast)
         scores = F.normalize(features, dim=-1) @ F.normalize(texts, dim=-1).T
@@ -92,8 +92,10 @@ def cam_from_scores(
         seeds = torch.zeros((count, batch, labels), dtype=scores.dtype, device=scores.device)
         seeds[torch.arange(count), :, torch.arange(start, stop)] = 1
         (grads,) = torch.autograd.grad(
-            scores, activations, seeds, retain_graph=stop < labels, is_grads_batched=True
+            scores, activations, seeds, retain_graph=stop < labels, is_grads_batched=True, allow_unused=True
         )
+        if grads is None:
+            raise ValueError("the scores do not depend on the Grad-CAM layer's activations")
         channel_weights = to_grid(grads).to(dtype).mean(dim=(-2, -1))  # [K, B, C]
         chunks.append(torch.relu(torch.einsum("kbc,bchw->bkhw", channel_weights, grid)))
     return torch.cat(chunks, dim=1).detach()
@@ -177,8 +179,8 @@ def _activation_site(
     transformer = getattr(visual, "transformer", None)
     if transformer is not None and hasattr(transformer, "resblocks"):
         # After the last block the patch tokens no longer reach the CLS output (zero gradients), so
-        # take them where they enter it.
-        return transformer.resblocks[-1].ln_1, capture or "input"
+        # take them where they enter it: the block's input, which is its ln_1 input and residual.
+        return transformer.resblocks[-1], capture or "input"
     if hasattr(visual, "layer4"):
         return visual.layer4, capture or "output"
     raise ValueError(
@@ -189,13 +191,28 @@ def _activation_site(
 def _forward_capturing(
     visual: torch.nn.Module, x: torch.Tensor, layer: torch.nn.Module, capture: Capture, upcast: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the tower, returning its embedding and the activations at the site as a graph leaf.
+
+    Everything before the site runs without a graph (no saved tensors, like inference); the hook
+    swaps the site's tensor for a leaf and switches autograd on, so only the head after the site is
+    recorded and differentiated.
+    """
     captured: list[torch.Tensor] = []
 
-    def on_input(module: torch.nn.Module, args: tuple) -> None:
-        captured.append(args[0])
+    def leaf_for(tensor: torch.Tensor) -> torch.Tensor:
+        torch.set_grad_enabled(True)
+        leaf = tensor.detach().requires_grad_(True)
+        captured.append(leaf)
+        # A clone, so that an in-place op downstream cannot hit the leaf itself.
+        return leaf.clone()
 
-    def on_output(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
-        captured.append(output[0] if isinstance(output, tuple) else output)
+    def on_input(module: torch.nn.Module, args: tuple) -> tuple:
+        return (leaf_for(args[0]), *args[1:])
+
+    def on_output(module: torch.nn.Module, args: tuple, output):
+        if isinstance(output, tuple):
+            return (leaf_for(output[0]), *output[1:])
+        return leaf_for(output)
 
     handle = (
         layer.register_forward_pre_hook(on_input)
@@ -203,22 +220,23 @@ def _forward_capturing(
         else layer.register_forward_hook(on_output)
     )
     try:
-        if upcast:
-            state = {
-                name: tensor.detach().float() if tensor.is_floating_point() else tensor
-                for name, tensor in [*visual.named_parameters(), *visual.named_buffers()]
-            }
-            features = torch.func.functional_call(visual, state, (x,))
-        else:
-            features = visual(x)
+        with torch.no_grad():
+            if upcast:
+                state = {
+                    name: tensor.detach().float() if tensor.is_floating_point() else tensor
+                    for name, tensor in [*visual.named_parameters(), *visual.named_buffers()]
+                }
+                features = torch.func.functional_call(visual, state, (x,))
+            else:
+                features = visual(x)
     finally:
         handle.remove()
     if isinstance(features, tuple):  # towers built with output_tokens return (pooled, tokens)
         features = features[0]
-    if len(captured) != 1 or not isinstance(captured[0], torch.Tensor):
+    if len(captured) != 1:
         raise ValueError(f"the Grad-CAM layer ran {len(captured)} times in one forward pass; expected once")
-    if not captured[0].requires_grad:
-        raise ValueError("the Grad-CAM layer's activations are not differentiable (detached in the model?)")
+    if not features.requires_grad:
+        raise ValueError("the image embedding does not depend on the Grad-CAM layer's activations")
     return features, captured[0]
 
 

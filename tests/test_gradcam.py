@@ -115,13 +115,32 @@ def test_explicit_layers_reproduce_the_vit_default(tiny_vit):
     pixels, texts = _pixels(1), _texts(3)
     default = gradcam_maps(tiny_vit, pixels, texts)
     blocks = tiny_vit.visual.transformer.resblocks
-    # The last block's ln_1 input is the previous block's output: same tensor, same gradients.
+    # The last block's input (its ln_1 input) is the previous block's output: same tensor, same gradients.
     by_output = gradcam_maps(tiny_vit, pixels, texts, layer=blocks[-2])
-    by_input = gradcam_maps(tiny_vit, pixels, texts, layer=blocks[-1].ln_1, capture="input")
+    by_input = gradcam_maps(tiny_vit, pixels, texts, layer=blocks[-1], capture="input")
     torch.testing.assert_close(by_output, default, rtol=0, atol=0)
     torch.testing.assert_close(by_input, default, rtol=0, atol=0)
     layer, capture = default_layer(tiny_vit)
-    assert layer is blocks[-1].ln_1 and capture == "input"
+    assert layer is blocks[-1] and capture == "input"
+
+
+def test_vit_default_is_the_total_gradient_at_the_ln_1_input(tiny_vit):
+    """Independent of hooks and leaves: differentiate the tokens entering the last block's ln_1 directly."""
+    pixels, texts = _pixels(1), _texts(3)
+    maps = gradcam_maps(tiny_vit, pixels, texts)
+    visual = tiny_vit.visual
+    tokens = []
+    handle = visual.transformer.resblocks[-1].ln_1.register_forward_pre_hook(lambda m, a: tokens.append(a[0]))
+    try:
+        cosine = F.normalize(visual(pixels.clone().requires_grad_(True)), dim=-1) @ texts.T
+    finally:
+        handle.remove()
+    activations = tokens[0][0, 1:].reshape(6, 6, -1)  # drop CLS, row-major grid
+    for label in range(3):
+        (grad,) = torch.autograd.grad(cosine[0, label], tokens[0], retain_graph=True)
+        weights = grad[0, 1:].mean(dim=0)
+        expected = torch.relu(activations @ weights)
+        torch.testing.assert_close(maps[0, label], expected.detach(), rtol=1e-5, atol=1e-7)
 
 
 def test_resnet_default_layer_is_layer4(tiny_resnet):
@@ -256,3 +275,31 @@ def test_tower_without_default_layer_asks_for_one():
         gradcam_maps(model, _pixels(1), _texts(2))
     maps = gradcam_maps(model, _pixels(1), _texts(2), layer=model.visual.conv)
     assert maps.shape == (1, 2, 12, 12)
+
+
+class SideBranchTower(torch.nn.Module):
+    """A tower with a module called twice and a branch whose result is thrown away."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 32, 8, stride=8)
+        self.shared = torch.nn.Conv2d(32, 32, 1)
+        self.unused = torch.nn.Conv2d(32, 32, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.conv(x)
+        self.unused(features)
+        return self.shared(self.shared(features)).mean(dim=(2, 3))
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [("shared", "ran 2 times"), ("unused", "depend on the Grad-CAM layer's activations")],
+)
+def test_layer_that_runs_twice_or_feeds_nothing_is_refused(layer, message, frozen):
+    model = torch.nn.Module()
+    model.visual = SideBranchTower().eval().requires_grad_(not frozen)
+    with pytest.raises(ValueError, match=message):
+        gradcam_maps(model, _pixels(1), _texts(2), layer=getattr(model.visual, layer))
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
