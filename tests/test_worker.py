@@ -326,3 +326,20 @@ def test_worker_without_weights_exits_with_a_clear_message(redis_url, tiny_vit_c
     assert process.wait(120) == 3
     text = (tmp_path / "w.log").read_text()
     assert "cannot load the model" in text and "/nowhere/w.pt" in text
+
+
+def test_per_project_options_from_setup(stack):
+    """A project's extra params switch the method and the output types; its model version says so."""
+    settings = stack["settings"]
+    with serve(settings) as client:
+        setup = client.post("/setup", json={"project": "9.5", "schema": CONFIG,
+                                            "extra_params": {"method": "gradcam", "outputs": "polygon,rectangle"}})
+        version = setup.json()["model_version"]
+        assert version.startswith("gem-labeler-gradcam-tiny-vit-")
+        reply = client.post("/predict", json={"tasks": [{"id": 71, "data": {"image": local("scene.png")}}],
+                                              "project": "9.5"})
+    (item,) = reply.json()["results"]
+    assert item["model_version"] == version
+    assert item["result"] and {r["type"] for r in item["result"]} <= {"polygonlabels", "rectanglelabels"}
+    seconds, images = rq_queue.engine_totals(stack["conn"], settings.queue_prefix)["gradcam"]
+    assert images >= 1 and seconds > 0
