@@ -149,6 +149,7 @@ def label_studio_env(data_dir: Path, *, port: int, files_root: Path | None = Non
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": os.environ.get("HOME", str(data_dir)),
         "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",  # tests read its log while it runs
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
         # The ML backend and webhooks live on 127.0.0.1, which both SSRF guards refuse by default.
         "LABEL_STUDIO_ML_BLOCK_LOCAL_IP": "false",
