@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import os
 import socket
+import ssl
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -327,12 +328,18 @@ class _GuardedBackend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    # Loading the CA bundle costs ~80 ms; one shared (thread-safe) context serves every fetch.
+    return httpx.create_ssl_context()
+
+
 class _GuardedTransport(httpx.HTTPTransport):
     def __init__(self, policy: FetchPolicy) -> None:
-        super().__init__(trust_env=False, retries=0)
+        super().__init__(verify=_ssl_context(), trust_env=False, retries=0)
         # httpx 0.28 has no network_backend argument; its pool is replaced by one that uses our guard.
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
+            ssl_context=_ssl_context(),
             max_connections=10,
             keepalive_expiry=5.0,
             network_backend=_GuardedBackend(policy),
