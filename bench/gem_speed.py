@@ -1,0 +1,152 @@
+"""Speed of our GEM against the reference (gem-torch 1.0.1 on open_clip 2.23.0): CPU, fp32, ViT-B-16.
+
+Random ViT-B-16 weights shared by both, 448 px, 20 labels, batch 1 and batch 8. Each side runs in its
+own fresh process (the reference needs its own venv, see bench/gem_parity.py), one after the other,
+with the same thread count; each is timed from PIL images to per-label maps upsampled to 448 px and
+min-max normalized, which is what the reference's forward returns. The reference is called as its
+README shows (forward for one image, batched_forward for a batch), so it encodes the prompts on
+every call; ours keeps them cached, as a worker does. Peak memory is each process's max RSS
+(model included). The JSON line last.
+
+    .venv/bin/python bench/gem_speed.py [--repeats 2] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+LABELS = [
+    "cat", "dog", "person", "car", "bicycle", "tree", "sky", "road", "building", "grass",
+    "traffic light", "remote control", "chair", "table", "bottle", "cup", "window", "door", "bird", "boat",
+]
+
+# Timing loop shared by both sides; `run(images)` is the side's full call on a list of PIL images.
+TIMER = r"""
+import resource, time
+def measure(run, images, batch, repeats):
+    run(images[:batch])  # warm-up: allocator, position embeddings, text cache (ours)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(images[:batch])
+        best = min(best, time.perf_counter() - start)
+    return best / batch
+def peak_gib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+"""
+
+REFERENCE_SIDE = TIMER + r"""
+import json, sys, torch, open_clip
+from PIL import Image
+from gem import get_gem_img_transform
+from gem.gem_wrapper import GEMWrapper
+args = json.loads(sys.argv[1])
+torch.set_num_threads(args["threads"])
+clip = open_clip.create_model("ViT-B-16", pretrained=None)
+clip.load_state_dict(torch.load(args["weights"]), strict=True)
+gem_model = GEMWrapper(clip.eval(), open_clip.get_tokenizer("ViT-B-16"), depth=7).eval()
+transform = get_gem_img_transform()
+images = [Image.open(p).convert("RGB") for p in args["images"]]
+labels = args["labels"]
+def run(batch):
+    with torch.no_grad():
+        pixels = torch.stack([transform(image) for image in batch])
+        if len(batch) == 1:
+            return gem_model(pixels, labels)
+        return gem_model.batched_forward(pixels, [labels] * len(batch))
+result = {f"b{b}": measure(run, images, b, args["repeats"]) for b in args["batches"]}
+result["peak_gib"] = peak_gib()
+print(json.dumps(result))
+"""
+
+OURS_SIDE = TIMER + r"""
+import json, sys, torch, open_clip
+from PIL import Image
+sys.path.insert(0, sys.argv[2])
+from gem_engine.engine import HeatmapEngine
+from gem_engine.maps import normalize, upsample
+from gem_engine.models import wrap_model
+args = json.loads(sys.argv[1])
+torch.set_num_threads(args["threads"])
+model = open_clip.create_model("ViT-B-16", pretrained=None)
+model.load_state_dict(torch.load(args["weights"]), strict=True)
+engine = HeatmapEngine(wrap_model(model, "ViT-B-16"), method="gem", batch_size=8)
+images = [Image.open(p) for p in args["images"]]
+labels = [[label] for label in args["labels"]]
+def run(batch):
+    return [normalize(upsample(maps, (448, 448))) for maps in engine.heatmaps(batch, labels)]
+result = {f"b{b}": measure(run, images, b, args["repeats"]) for b in args["batches"]}
+result["peak_gib"] = peak_gib()
+print(json.dumps(result))
+"""
+
+
+def run_side(python: str, script: str, args: dict) -> dict:
+    """Return the JSON figures a side prints, running it in a fresh process."""
+    completed = subprocess.run(
+        [python, "-c", script, json.dumps(args), str(ROOT)],
+        check=True, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", default=str(ROOT / "bench" / "out" / "gem_speed"))
+    args = parser.parse_args()
+
+    import numpy as np
+    import open_clip
+    import torch
+    from gem_parity import ensure_reference_venv
+    from PIL import Image
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    ref_python = str(ensure_reference_venv())
+    torch.manual_seed(0)
+    torch.save(open_clip.create_model("ViT-B-16", pretrained=None).state_dict(), work / "weights.pt")
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(8):
+        path = work / f"image{index}.jpg"
+        Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    side_args = {"weights": str(work / "weights.pt"), "images": paths, "labels": LABELS,
+                 "threads": args.threads, "repeats": args.repeats, "batches": [1, 8]}
+
+    print(f"threads={args.threads} repeats={args.repeats} (best of), 20 labels, 448 px, ViT-B-16 random weights",
+          flush=True)
+    ours = run_side(sys.executable, OURS_SIDE, side_args)
+    print(f"ours:      {ours}", flush=True)
+    reference = run_side(ref_python, REFERENCE_SIDE, side_args)
+    print(f"reference: {reference}", flush=True)
+    figures = {
+        "ours_s_per_image_b1": round(ours["b1"], 4),
+        "ref_s_per_image_b1": round(reference["b1"], 4),
+        "speedup_b1": round(reference["b1"] / ours["b1"], 2),
+        "ours_s_per_image_b8": round(ours["b8"], 4),
+        "ref_s_per_image_b8": round(reference["b8"], 4),
+        "speedup_b8": round(reference["b8"] / ours["b8"], 2),
+        "ours_peak_gib": round(ours["peak_gib"], 2),
+        "ref_peak_gib": round(reference["peak_gib"], 2),
+        "threads": args.threads,
+    }
+    print(f"speedup: batch 1 {figures['speedup_b1']}x, batch 8 {figures['speedup_b8']}x (target >= 2x); "
+          f"peak RSS ours {figures['ours_peak_gib']} GiB vs reference {figures['ref_peak_gib']} GiB (target < 4)")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
