@@ -18,7 +18,8 @@ from label_studio_sdk.label_interface import LabelInterface
 
 OUTPUT_KINDS = {"BrushLabels": "brush", "PolygonLabels": "polygon", "RectangleLabels": "rectangle"}
 PROMPT_ATTR = "prompt"
-BACKGROUND_NAMES = frozenset({"background", "bg", "_background_", "void", "unlabeled", "unlabelled"})
+# The same names gem_engine.regions treats as background (not imported: the API process stays light).
+BACKGROUND_NAMES = frozenset({"background", "bg", "_background_", "void", "nothing", "unlabeled", "unlabelled"})
 
 
 class LabelConfigError(ValueError):

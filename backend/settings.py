@@ -51,7 +51,7 @@ class Settings:
     # Regions and outputs (per project: extra params of the same name in lower case)
     region_mode: str = _env("REGION_MODE", "semantic",
                             "`semantic` (each pixel to its best label or background) or `independent` (per-label threshold)")
-    threshold: str = _env("THRESHOLD", "otsu", "per-label threshold in independent mode: `otsu` or a number in [0, 1]")
+    threshold: str = _env("THRESHOLD", "otsu", "threshold on each label's normalized heatmap: `otsu` or a number in [0, 1]")
     min_area: float = _env("MIN_AREA", 0.001, "smallest region kept, as a fraction of the image area")
     score_threshold: float = _env("SCORE_THRESHOLD", 0.0, "regions scoring below this are dropped")
     outputs: str = _env("OUTPUTS", "brush,polygon,rectangle",

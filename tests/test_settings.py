@@ -75,5 +75,13 @@ def test_readme_documents_every_variable():
     from pathlib import Path
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    missing = [name for name, _, _ in ENV_VARS if f"`{name}`" not in readme]
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`") and cells[0].endswith("`"):
+            rows[cells[0].strip("`")] = cells[1]
+    missing = [name for name, _, _ in ENV_VARS if name not in rows]
     assert not missing, f"README configuration table lacks {missing}"
+    for name, default, _ in ENV_VARS:
+        expected = "(empty)" if default == "" else f"`{default.lower() if default in ('True', 'False') else default}`"
+        assert rows[name] == expected, f"README gives {name} the default {rows[name]}, settings {expected}"
