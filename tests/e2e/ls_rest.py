@@ -141,10 +141,19 @@ class LabelStudioREST:
         return self.call("POST", f"/api/ml/{backend_id}/interactive-annotating",
                          json={"task": task_id, "context": context})
 
-    def export_json(self, project_id: int) -> list[dict]:
-        """Return the project's JSON export with every task, annotated or not."""
-        return self.call("GET", f"/api/projects/{project_id}/export",
-                         params={"exportType": "JSON", "download_all_tasks": "true"})
+    def export_json(self, project_id: int, *, timeout_s: float = 60.0) -> list[dict]:
+        """Return the project's JSON export (every task, full predictions), made as the Export dialog does.
+
+        The quick `GET /export` lists predictions by id only; the dialog creates an export snapshot with
+        `serialization_options.predictions.only_id = false`, waits for it, then downloads it as JSON.
+        """
+        snapshot = self.call("POST", f"/api/projects/{project_id}/exports/", json={
+            "task_filter_options": {"only_with_annotations": False},
+            "serialization_options": {"predictions": {"only_id": False}, "drafts": {"only_id": True}}})
+        path = f"/api/projects/{project_id}/exports/{snapshot['id']}"
+        wait_for(lambda: self.call("GET", path)["status"] == "completed", timeout_s=timeout_s,
+                 what=f"export snapshot {snapshot['id']}")
+        return self.call("GET", f"{path}/download", params={"exportType": "JSON"})
 
     def download(self, path: str) -> bytes:
         """Return the bytes Label Studio serves at `path` (an upload or local-files URL)."""
