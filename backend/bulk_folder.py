@@ -295,7 +295,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Replace a JSON file in one step, so a reader never sees half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    # Compact: the C encoder is many times faster than the indenting one on long brush RLE lists.
+    tmp.write_text(json.dumps(data, separators=(",", ":")) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 

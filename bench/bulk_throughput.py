@@ -1,0 +1,139 @@
+"""Folder-mode throughput against the engine called directly in a loop on the same images.
+
+Peer: decode each image and call `HeatmapEngine.heatmaps` on it, one image at a time, model already loaded.
+Ours: `gem-labeler prelabel --images` (backend.bulk_folder) on the same files: the worker pipeline (heatmaps,
+regions, brush RLE, polygons, boxes), overlay PNGs, the resume state and the import file, model already
+loaded. Then the same folder with two worker processes, whose time includes spawning them and loading the
+model in each (what a user waits for). Random weights (no download); same process, same run.
+
+    .venv/bin/python bench/bulk_throughput.py                 # ViT-B-16 at 448 px, 16 images
+    .venv/bin/python bench/bulk_throughput.py --tiny --images 40
+
+Prints the figures last as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backend.bulk_folder import FolderRun, ImageJob, PipelineLabelerSpec, run_folder  # noqa: E402
+from backend.images import decode_image  # noqa: E402
+from backend.jobs import ProjectOptions  # noqa: E402
+from backend.label_config import parse_label_config  # noqa: E402
+from backend.settings import Settings  # noqa: E402
+from gem_engine.engine import HeatmapEngine  # noqa: E402
+
+LABELS = ("cat", "dog", "remote control", "sofa", "person")
+CONFIG = (
+    '<View><Image name="image" value="$image"/>'
+    '<BrushLabels name="brush" toName="image">' + "".join(f'<Label value="{x}"/>' for x in LABELS) + "</BrushLabels>"
+    '<PolygonLabels name="poly" toName="image">' + "".join(f'<Label value="{x}"/>' for x in LABELS) + "</PolygonLabels>"
+    '<RectangleLabels name="box" toName="image">' + "".join(f'<Label value="{x}"/>' for x in LABELS)
+    + "</RectangleLabels></View>"
+)
+
+
+def make_images(folder: Path, count: int, size: tuple[int, int]) -> None:
+    """Write `count` JPEGs with a few shapes on a noisy background."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    width, height = size
+    for index in range(count):
+        pixels = rng.integers(60, 200, (height, width, 3), dtype=np.uint8)
+        image = Image.fromarray(pixels)
+        draw = ImageDraw.Draw(image)
+        for _ in range(3):
+            x, y = rng.integers(0, width - 80), rng.integers(0, height - 80)
+            r = int(rng.integers(20, 80))
+            draw.ellipse((x, y, x + r, y + r), fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        image.save(folder / f"img{index:04d}.jpg", quality=90)
+
+
+def engine_loop(engine: HeatmapEngine, files: list[Path]) -> float:
+    """Return seconds to decode and run the engine on each file, one call per image."""
+    prompts = [[label] for label in LABELS]
+    started = time.perf_counter()
+    for path in files:
+        engine.heatmaps([decode_image(path.read_bytes())], prompts)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--size", default="640x480", help="WIDTHxHEIGHT of the generated images")
+    parser.add_argument("--tiny", action="store_true", help="the tiny test ViT instead of ViT-B-16 (quick check)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=4, help="images per engine call in folder mode (CLI default)")
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.size.lower().split("x"))
+
+    work = Path(tempfile.mkdtemp(prefix="bulk-bench-"))
+    try:
+        folder = work / "images"
+        make_images(folder, args.images, (width, height))
+        files = sorted(folder.glob("*.jpg"))
+        if args.tiny:
+            from tests import tiny_models
+
+            model, config = tiny_models.TINY_VIT, str(tiny_models.config_path(tiny_models.TINY_VIT))
+        else:
+            model, config = "ViT-B-16", ""
+        settings = Settings.from_env(device="cpu" if not torch.cuda.is_available() else "auto")
+        options = ProjectOptions.from_settings(
+            settings, {"method": "gem", "model": model, "model_pretrained": "none", "model_config": config}
+        )
+        vocabulary = parse_label_config(CONFIG)
+        spec = PipelineLabelerSpec(settings=settings, options=options, vocabulary=vocabulary, folder=str(folder))
+        labeler = spec()
+        # Load the model and warm both paths once (first-call allocations, text embedding cache).
+        labeler.label([ImageJob(files[0].name, str(files[0]), [0, 0])])
+        engine = labeler.engines.get(options)
+        engine_loop(engine, files[:1])
+        device = str(engine.loaded.device)
+        print(f"{len(files)} images {width}x{height}, {model} random weights, {len(LABELS)} labels, gem, {device}, "
+              f"torch threads {torch.get_num_threads()}")
+
+        peer_s = engine_loop(engine, files)
+        print(f"engine loop:        {peer_s:7.2f} s  {len(files) / peer_s:6.2f} img/s")
+
+        def folder_run(out: Path, workers: int) -> float:
+            run = FolderRun(folder=folder, out=out, vocabulary=vocabulary, workers=workers,
+                            batch_size=args.batch_size, progress=False)
+            started = time.perf_counter()
+            summary = run_folder(run, (lambda: labeler) if workers <= 1 else spec, run_key=spec.run_key)
+            elapsed = time.perf_counter() - started
+            if summary.done != len(files):
+                raise SystemExit(f"folder mode finished {summary.done} of {len(files)}: {summary.render()}")
+            return elapsed
+
+        ours_s = folder_run(work / "out1", 1)
+        print(f"folder mode:        {ours_s:7.2f} s  {len(files) / ours_s:6.2f} img/s  "
+              f"ratio {peer_s / ours_s:.3f} (target >= 0.85)")
+        two_s = folder_run(work / "out2", args.workers)
+        print(f"folder, {args.workers} workers:  {two_s:7.2f} s  {len(files) / two_s:6.2f} img/s  "
+              f"ratio {peer_s / two_s:.3f} (includes spawning workers and loading the model in each)")
+        print(json.dumps({
+            "images": len(files), "model": model, "device": device,
+            "engine_loop_s": round(peer_s, 3), "folder_s": round(ours_s, 3), "ratio": round(peer_s / ours_s, 3),
+            "workers": args.workers, "folder_workers_s": round(two_s, 3),
+            "ratio_workers": round(peer_s / two_s, 3),
+        }))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
