@@ -62,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
     )
     if args.command == "worker":
+        if not settings.redis_url:  # say so before paying for the torch import
+            print("gem-labeler worker: REDIS_URL is not set: a worker needs the Redis the API uses", file=sys.stderr)
+            return 2
         from backend import worker
 
         return worker.main(settings, burst=args.burst)
