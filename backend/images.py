@@ -576,9 +576,10 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     if not data:
         raise ImageError("image is empty (0 bytes)", reason="undecodable")
     try:
+        # Silenced: Pillow warns about damaged files (and about its own global bomb limit, which the
+        # configured check below replaces); the failures that matter are raised, not warned.
         with warnings.catch_warnings():
-            # Pillow's own bomb check is global; ours below uses the configured limit instead.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore")
             image = Image.open(BytesIO(data), formats=ALLOWED_FORMATS)
             width, height = image.size
             if width < 1 or height < 1:
@@ -604,7 +605,10 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         raise ImageError(f"corrupt or truncated image: {type(exc).__name__}: {exc}", reason="undecodable") from exc
 
     try:
-        upright = ImageOps.exif_transpose(image)
+        with warnings.catch_warnings(record=True) as caught:
+            upright = ImageOps.exif_transpose(image)
+        for warning in caught:  # Pillow warns (not raises) about corrupt EXIF; a log line is enough
+            log.warning("image EXIF: %s", warning.message)
     except Exception as exc:  # noqa: BLE001 - a broken EXIF block should not cost the whole image
         log.warning("ignoring unreadable EXIF orientation: %s", exc)
         upright = image

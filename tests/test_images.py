@@ -11,6 +11,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from backend import images
@@ -274,3 +276,49 @@ def test_policy_reads_the_real_settings_class(local_root: Path):
     assert policy.local_files_root == str(local_root)
     defaults = FetchPolicy.from_settings(Settings.from_env({}))
     assert defaults.label_studio_url is None and not defaults.allow_private and defaults.allowed_hosts == ()
+
+
+# ----------------------------------------------------------------------------------------- fuzz
+
+URL_PIECES = st.sampled_from(["http://", "https://", "file://", "s3://", "data:", "/data/upload/", "/data/local-files/?d=",
+                              "..", "/", "%2e%2e%2f", "%00", "@", ":", "[::1]", "127.0.0.1", "images.example.com",
+                              "ls.test:8080", "?", "#", "\\", " ", "é"])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.text(max_size=80), st.lists(URL_PIECES, max_size=8).map("".join)))
+def test_any_string_resolves_safely_or_raises_image_error(policy: FetchPolicy, text: str):
+    try:
+        resolved = resolve_image_url(text, policy)
+    except ImageError as exc:
+        assert exc.reason in ("invalid_url", "forbidden", "not_found", "too_large")
+        return
+    if resolved.kind == "file":
+        assert resolved.path.is_relative_to(Path(policy.local_files_root).resolve())
+    elif resolved.kind == "http":
+        for url in resolved.urls:
+            origin = images._origin(url)
+            assert origin == policy.label_studio_origin or images._host_matches(origin[1], policy.allowed_hosts)
+
+
+OK_FILES = sorted(name for name, expected in MANIFEST["images"].items() if "ok" in expected and "100000" not in name)
+
+
+@st.composite
+def mutated_images(draw) -> bytes:
+    """A valid corpus image with a few bytes overwritten and maybe cut short."""
+    data = bytearray((CORPUS / draw(st.sampled_from(OK_FILES))).read_bytes())
+    for _ in range(draw(st.integers(1, 8))):
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    return bytes(data[: draw(st.integers(1, len(data)))])
+
+
+@settings(max_examples=250, deadline=None)
+@given(st.one_of(st.binary(max_size=1024), mutated_images()))
+def test_any_bytes_decode_or_raise_image_error(data: bytes):
+    try:
+        image = decode_image(data)
+    except ImageError as exc:
+        assert exc.reason in ("undecodable", "too_large")
+    else:
+        assert image.mode == "RGB"
