@@ -29,12 +29,14 @@ from backend.jobs import ProjectOptions
 from backend.label_config import Vocabulary
 from backend.settings import Settings
 from gem_engine.engine import HeatmapEngine
-from gem_engine.models import LoadedModel, load_model
+from gem_engine.models import LoadedModel, WeightsNotFoundError, load_model
 from gem_engine.regions import Region, RegionOptions, extract_regions, mean_score
 
 log = logging.getLogger("gem_labeler.pipeline")
 # Errors in the model or engine that no retry can fix (bad model/method combination, bad prompt).
-PERMANENT_ERRORS = (ValueError, TypeError, KeyError)
+PERMANENT_ERRORS = (ValueError, TypeError, KeyError, WeightsNotFoundError)
+# Per-project models are loaded on demand; beyond this many the least recently used is dropped.
+MAX_MODELS = 2
 PAYLOAD_KEYS = ("job_id", "prefix", "image_url", "vocabulary", "options", "model_version")
 
 
@@ -62,11 +64,19 @@ class EngineCache:
     def get(self, options: ProjectOptions) -> HeatmapEngine:
         """Return the engine for a project's model and method, loading the model on first use."""
         key = options.engine_key()
+        model_key = key[:3]
+        if model_key in self._models:  # mark as recently used
+            self._models[model_key] = self._models.pop(model_key)
         engine = self._engines.get(key)
         if engine is None:
-            model_key = key[:3]
             loaded = self._models.get(model_key)
             if loaded is None:
+                while len(self._models) >= MAX_MODELS:
+                    oldest = next(iter(self._models))
+                    del self._models[oldest]
+                    for stale in [k for k in self._engines if k[:3] == oldest]:
+                        del self._engines[stale]
+                    log.info("dropped model %s to make room", oldest[0])
                 started = time.monotonic()
                 pretrained = options.model_pretrained
                 loaded = load_model(

@@ -86,7 +86,9 @@ def enqueue(conn: redis.Redis, settings: Settings, payload: dict[str, Any], *, i
                 timeout=settings.job_timeout_s,
                 result_ttl=settings.result_ttl_s,
                 failure_ttl=settings.error_ttl_s,
-                retry=Retry(max=settings.job_retries, interval=RETRY_INTERVALS) if settings.job_retries else None,
+                # Interactive jobs are not retried: the annotator is waiting and can simply click again.
+                retry=Retry(max=settings.job_retries, interval=RETRY_INTERVALS)
+                if settings.job_retries and not interactive else None,
                 on_failure=Callback(FAILURE_CALLBACK),
                 description=f"task {payload['task_id']} project {payload['project']}",
                 unique=True,

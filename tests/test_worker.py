@@ -343,3 +343,28 @@ def test_per_project_options_from_setup(stack):
     assert item["result"] and {r["type"] for r in item["result"]} <= {"polygonlabels", "rectanglelabels"}
     seconds, images = rq_queue.engine_totals(stack["conn"], settings.queue_prefix)["gradcam"]
     assert images >= 1 and seconds > 0
+
+
+def test_engine_cache_shares_a_model_between_methods_and_bounds_models(tiny_vit_checkpoint, files, tmp_path):
+    import shutil
+
+    from backend.pipeline import MAX_MODELS, EngineCache, predict_payloads
+
+    settings = Settings.from_env(worker_env("", "tcache", tiny_vit_checkpoint, files))
+    cache = EngineCache(settings)
+    options = ProjectOptions.from_settings(settings)
+    gem, gradcam = cache.get(options), cache.get(options.with_params({"method": "gradcam"}))
+    assert gem.loaded is gradcam.loaded and gem.method == "gem" and gradcam.method == "gradcam"
+    for i in range(MAX_MODELS + 1):  # the same architecture under distinct weight files
+        copy = tmp_path / f"copy{i}.pt"
+        shutil.copy(tiny_vit_checkpoint["pretrained"], copy)
+        cache.get(options.with_params({"model_pretrained": str(copy)}))
+    assert len(cache._models) == MAX_MODELS
+    assert all(key[1].endswith((f"copy{MAX_MODELS - 1}.pt", f"copy{MAX_MODELS}.pt")) for key in cache._models)
+    # A project naming a model nobody has: an error for its tasks, not a crash and not a retry.
+    vocabulary = parse_label_config(CONFIG)
+    bad = options.with_params({"model": "no-such-model", "model_config": ""})
+    payload = make_payload(job="j", prefix="tcache", project="1", task={"id": 1}, image_url=local("scene.png"),
+                           vocabulary=vocabulary, options=bad, version=model_version(bad))
+    (outcome,) = predict_payloads([payload], cache, settings)
+    assert outcome.prediction is None and not outcome.retry and "no-such-model" in outcome.error
