@@ -5,6 +5,7 @@ Routes: GET /health, POST /setup, POST /predict, POST /webhook, GET /metrics, GE
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
@@ -289,8 +290,6 @@ def _task_id(task: Any) -> Any:
 
 
 def _json_object(text: str) -> dict[str, Any]:
-    import json
-
     if not text.strip():
         return {}
     try:
