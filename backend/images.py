@@ -13,6 +13,7 @@ import functools
 import ipaddress
 import logging
 import os
+import re
 import socket
 import ssl
 import time
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 CLOUD_SCHEMES = ("s3", "gs", "azure-blob")
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+LABEL_STUDIO_MEDIA_PATHS = r"/data/.+|/storage-data/.+|/(tasks|projects)/\d+/(presign|resolve)/?"
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -240,6 +242,11 @@ def resolve_image_url(
     if is_ls:
         path = parts.path
         query = ("?" + parts.query) if parts.query else ""
+        # Requests to Label Studio carry its API key: only media paths, never its API (a task could name
+        # an expensive export or a token endpoint as its "image").
+        segments = unquote(path).split("/")
+        if not re.fullmatch(LABEL_STUDIO_MEDIA_PATHS, path) or ".." in segments:
+            raise ImageError(f"Label Studio path {path!r:.120} is not a media path", reason="forbidden")
         if path.rstrip("/") == "/data/local-files":
             if policy.local_files_root:
                 return ResolvedImage(kind="file", path=_local_file_path(policy.local_files_root, parts.query))

@@ -248,13 +248,13 @@ def test_redirects_from_label_studio_to_internal_addresses_are_refused(serve, ta
 
 def test_allowed_host_name_that_resolves_to_loopback_is_refused(serve):
     other = serve()
-    other.routes["/a.png"] = image
+    other.routes["/data/a.png"] = image
     settings = SimpleNamespace(allowed_image_hosts=("localhost",))
     with pytest.raises(ImageError, match="non-public address") as info:
-        load_task_image(f"http://localhost:{other.port}/a.png", settings)
+        load_task_image(f"http://localhost:{other.port}/data/a.png", settings)
     assert info.value.reason == "forbidden" and other.requests == []
     settings.allow_private_addresses = True
-    assert load_task_image(f"http://localhost:{other.port}/a.png", settings).size == (40, 30)
+    assert load_task_image(f"http://localhost:{other.port}/data/a.png", settings).size == (40, 30)
     assert "authorization" not in other.requests[0][1]
 
 
@@ -268,8 +268,8 @@ def test_redirect_to_a_host_not_allowed_is_refused(serve):
 
 def test_label_studio_on_another_port_is_not_label_studio(serve):
     ls, other = serve(), serve()
-    other.routes["/a.png"] = image
-    ls.routes["/data/upload/1/a.png"] = redirect_to(f"http://127.0.0.1:{other.port}/a.png")
+    other.routes["/data/a.png"] = image
+    ls.routes["/data/upload/1/a.png"] = redirect_to(f"http://127.0.0.1:{other.port}/data/a.png")
     with pytest.raises(ImageError) as info:
         load_task_image("/data/upload/1/a.png", settings_for(ls, allowed_image_hosts=("127.0.0.1",)))
     assert info.value.reason == "forbidden" and other.requests == []
@@ -289,9 +289,9 @@ def test_redirect_loop_stops(serve):
 
 def test_declared_oversize_body_is_refused_without_reading_it(serve):
     ls = serve()
-    ls.routes["/big.png"] = lambda h: reply(h, 200, PNG + b"\0" * 5000)
+    ls.routes["/data/big.png"] = lambda h: reply(h, 200, PNG + b"\0" * 5000)
     with pytest.raises(ImageError, match="byte limit") as info:
-        load_task_image("/big.png", settings_for(ls, image_max_bytes=1000))
+        load_task_image("/data/big.png", settings_for(ls, image_max_bytes=1000))
     assert info.value.reason == "too_large"
 
 
@@ -307,34 +307,34 @@ def test_endless_body_without_length_is_cut_at_the_cap(serve):
             handler.wfile.write(b"\0" * 65536)
             sent.append(65536)
 
-    ls.routes["/endless.png"] = endless
+    ls.routes["/data/endless.png"] = endless
     with pytest.raises(ImageError, match="byte limit"):
-        load_task_image("/endless.png", settings_for(ls, image_max_bytes=1_000_000))
+        load_task_image("/data/endless.png", settings_for(ls, image_max_bytes=1_000_000))
     time.sleep(0.2)
     assert sum(sent) < 100 * 1_000_000  # the client hung up long before the 655 MB the server offered
 
 
 def test_html_served_as_image_is_refused(serve):
     ls = serve()
-    ls.routes["/a.png"] = lambda h: reply(h, 200, b"<html><body>Login</body></html>", "image/png")
+    ls.routes["/data/a.png"] = lambda h: reply(h, 200, b"<html><body>Login</body></html>", "image/png")
     with pytest.raises(ImageError, match="HTML") as info:
-        load_task_image("/a.png", settings_for(ls))
+        load_task_image("/data/a.png", settings_for(ls))
     assert info.value.reason == "undecodable"
 
 
 def test_empty_body_is_refused(serve):
     ls = serve()
-    ls.routes["/a.png"] = lambda h: reply(h, 200, b"")
+    ls.routes["/data/a.png"] = lambda h: reply(h, 200, b"")
     with pytest.raises(ImageError, match="empty"):
-        load_task_image("/a.png", settings_for(ls))
+        load_task_image("/data/a.png", settings_for(ls))
 
 
 def test_silent_server_hits_the_read_timeout(serve):
     ls = serve()
-    ls.routes["/slow.png"] = lambda h: (time.sleep(1.5), image(h))
+    ls.routes["/data/slow.png"] = lambda h: (time.sleep(1.5), image(h))
     started = time.monotonic()
     with pytest.raises(ImageError, match="timed out") as info:
-        load_task_image("/slow.png", settings_for(ls, fetch_read_timeout_s=0.3))
+        load_task_image("/data/slow.png", settings_for(ls, fetch_read_timeout_s=0.3))
     assert time.monotonic() - started < 1.2
     assert info.value.reason == "unreachable" and info.value.retryable
 
@@ -351,10 +351,10 @@ def test_trickling_server_hits_the_total_timeout(serve):
             handler.wfile.flush()
             time.sleep(0.05)
 
-    ls.routes["/trickle.png"] = trickle
+    ls.routes["/data/trickle.png"] = trickle
     started = time.monotonic()
     with pytest.raises(ImageError, match="took over") as info:
-        load_task_image("/trickle.png", settings_for(ls, fetch_read_timeout_s=1.0, fetch_total_timeout_s=0.5))
+        load_task_image("/data/trickle.png", settings_for(ls, fetch_read_timeout_s=1.0, fetch_total_timeout_s=0.5))
     assert time.monotonic() - started < 2.5 and info.value.retryable
 
 
@@ -372,7 +372,7 @@ def test_refused_connection_is_retryable():
                                                              (503, "unreachable", True), (418, "unreachable", False)])
 def test_error_statuses(serve, status: int, reason: str, retryable: bool):
     ls = serve()
-    ls.routes["/a.png"] = lambda h: reply(h, status, b"nope", "text/plain")
+    ls.routes["/data/a.png"] = lambda h: reply(h, status, b"nope", "text/plain")
     with pytest.raises(ImageError) as info:
-        load_task_image("/a.png", settings_for(ls))
+        load_task_image("/data/a.png", settings_for(ls))
     assert (info.value.reason, info.value.retryable) == (reason, retryable)
