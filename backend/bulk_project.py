@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from backend import queue as rq_queue
 from backend.bulk import Failure, Progress, StopRequest, Summary, UsageError
 from backend.jobs import ProjectOptions, image_url_of, job_id, make_payload, model_version
@@ -70,7 +72,8 @@ def prediction_versions(task: dict[str, Any], client: LabelStudioClient) -> set[
     listed = task.get("predictions_model_versions")
     if isinstance(listed, list):
         return {str(v) for v in listed}
-    if isinstance(listed, str):
+    # Label Studio 1.23 sends "" here with fields=task_only even when the task has predictions.
+    if isinstance(listed, str) and listed.strip():
         return {v.strip() for v in listed.split(",") if v.strip()}
     if "total_predictions" in task and not task.get("total_predictions"):
         return set()
@@ -336,15 +339,14 @@ def run_project_mode(args: Any, settings: Settings, params: dict[str, Any]) -> S
         settings = replace(settings, redis_url=f"unix://{embedded.socket_file}")
     try:
         conn = rq_queue.connect(settings.redis_url, timeout_s=10)
-        try:
-            conn.ping()
-        except Exception as exc:  # noqa: BLE001 - redis raises several connection error types
-            raise UsageError(rq_queue.describe_error(settings.redis_url, exc)) from None
+        conn.ping()
         with LabelStudioClient(url, api_key) as client:
             return run_project(run, settings, client, conn)
     except (ValueError, LabelStudioError, RuntimeError) as exc:
         # A malformed URL or key, a bad config, Label Studio refusing, local workers dying: one clear line.
         raise UsageError(str(exc)) from None
+    except redis.RedisError as exc:
+        raise UsageError(rq_queue.describe_error(settings.redis_url, exc)) from None
     finally:
         if embedded is not None:
             embedded.shutdown()

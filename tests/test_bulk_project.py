@@ -233,6 +233,9 @@ def test_bad_credentials_and_missing_redis_are_clear(project_env, capsys, monkey
     monkeypatch.setenv("REDIS_URL", "")
     assert bulk.main(["--project", str(PROJECT), "--url", project_env["fake"].url, "--api-key", TOKEN]) == 2
     assert "REDIS_URL" in capsys.readouterr().err
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens on port 1
+    assert bulk.main(["--project", str(PROJECT), "--url", project_env["fake"].url, "--api-key", TOKEN]) == 2
+    assert "unreachable" in capsys.readouterr().err
 
 
 def test_ctrl_c_leaves_jobs_queued_and_a_rerun_finishes_them(project_env):

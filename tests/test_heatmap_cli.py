@@ -91,3 +91,21 @@ def test_gem_on_a_resnet_is_a_clear_error(tmp_path, photo, tiny_resnet, capsys):
             "--device", "cpu"]
     assert heatmap_cli.main(argv) == 2
     assert "gradcam" in capsys.readouterr().err
+
+
+def test_gem_labeler_heatmap_command_runs_as_a_process(tmp_path, photo, tiny_vit_checkpoint):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "cmp"
+    command = [sys.executable, "-m", "backend.cli", "heatmap", str(photo), "--labels", "cat", "--method", "qk",
+               "--out", str(out), "--image-size", "96", *model_args(tiny_vit_checkpoint)]
+    done = subprocess.run(command, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(out / "photo.qk.cat.png")]
+    with Image.open(out / "photo.qk.cat.png") as overlay:
+        assert overlay.size == (130, 90)
