@@ -99,10 +99,45 @@ def run_side(python: str, script: str, args: dict) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+def gpu_figures(weights: Path, image_paths: list[str], repeats: int) -> dict:
+    """Return images/s of ours on CUDA in fp32/fp16/bf16 (batch 8) and each half precision's max map diff."""
+    import time
+
+    import numpy as np
+    import open_clip
+    import torch
+    from PIL import Image
+
+    from gem_engine.engine import HeatmapEngine
+    from gem_engine.models import wrap_model
+
+    images = [Image.open(p) for p in image_paths]
+    labels = [[label] for label in LABELS]
+    figures, baseline = {}, None
+    for precision, dtype in (("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        model = open_clip.create_model("ViT-B-16", pretrained=None)
+        model.load_state_dict(torch.load(weights), strict=True)
+        engine = HeatmapEngine(wrap_model(model.to("cuda", dtype), "ViT-B-16"), batch_size=8)
+        maps = engine.heatmaps(images, labels)  # warm-up
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            maps = engine.heatmaps(images, labels)
+        torch.cuda.synchronize()
+        figures[f"gpu_{precision}_images_per_s"] = round(repeats * len(images) / (time.perf_counter() - start), 1)
+        if baseline is None:
+            baseline = maps
+        else:
+            diff = max(float(np.abs(a - b).max()) for a, b in zip(maps, baseline, strict=True))
+            figures[f"gpu_{precision}_max_diff_vs_fp32"] = diff
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--gpu", action="store_true", help="also time ours on CUDA in fp32/fp16/bf16")
     parser.add_argument("--work", default=str(ROOT / "bench" / "out" / "gem_speed"))
     args = parser.parse_args()
 
@@ -143,6 +178,12 @@ def main() -> None:
         "ref_peak_gib": round(reference["peak_gib"], 2),
         "threads": args.threads,
     }
+    if args.gpu:
+        if not torch.cuda.is_available():
+            raise SystemExit("--gpu asked but CUDA is not available")
+        gpu = gpu_figures(work / "weights.pt", paths, max(args.repeats, 5))
+        print(f"gpu: {gpu}")
+        figures.update(gpu)
     print(f"speedup: batch 1 {figures['speedup_b1']}x, batch 8 {figures['speedup_b8']}x (target >= 2x); "
           f"peak RSS ours {figures['ours_peak_gib']} GiB vs reference {figures['ref_peak_gib']} GiB (target < 4)")
     print(json.dumps(figures))

@@ -38,6 +38,7 @@ class EngineOptions:
     gradcam_layer: object | None = None
     gradcam_target: str = "cosine"
     gradcam_chunk_size: int = 64
+    gradcam_capture: str | None = None
 
 
 class HeatmapEngine:
@@ -144,6 +145,8 @@ class HeatmapEngine:
             kwargs = {"target": self.options.gradcam_target, "chunk_size": self.options.gradcam_chunk_size}
             if self.options.gradcam_layer is not None:
                 kwargs["layer"] = self.options.gradcam_layer
+            if self.options.gradcam_capture is not None:
+                kwargs["capture"] = self.options.gradcam_capture
             maps = gradcam_maps(self.loaded.model, pixels, embeddings.to(self.loaded.dtype), **kwargs)
             return chunk, maps.detach().float().cpu()
         with torch.inference_mode():

@@ -160,3 +160,19 @@ def test_gradcam_dispatch_passes_pixels_and_text(loaded, monkeypatch):
     assert "gradcam" in METHODS
     with pytest.raises(ValueError, match="square"):
         HeatmapEngine(loaded, method="gradcam", input_mode="aspect")
+
+
+@pytest.mark.parametrize("fixture", ["tiny_vit", "tiny_resnet"])
+def test_gradcam_through_the_engine_equals_gradcam_maps(fixture, request):
+    from gem_engine.gradcam import gradcam_maps
+
+    model = request.getfixturevalue(fixture)
+    loaded = wrap_model(model, fixture.replace("_", "-").replace("resnet", "rn"))
+    image = photo(150, 100)
+    [maps] = HeatmapEngine(loaded, method="gradcam").heatmaps([image], LABELS)
+    pixels = prepare(image, mode="square", size=96, patch=loaded.patch_size or (1, 1), mean=loaded.mean,
+                     std=loaded.std).windows[0].pixels[None]
+    expected = gradcam_maps(model, pixels, text.text_embeddings(loaded, LABELS))[0]
+    assert maps.shape[0] == 3 and maps.shape == tuple(expected.shape)
+    np.testing.assert_allclose(maps, expected.numpy(), atol=1e-6)
+    assert maps.min() >= 0 and maps.max() > 0
