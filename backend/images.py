@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import ssl
+import stat
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -372,8 +373,13 @@ def guarded_client(policy: FetchPolicy) -> httpx.Client:
 
 def _read_file(path: Path, max_bytes: int) -> bytes:
     try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
+        # O_NONBLOCK: opening a FIFO placed under the root must not hang the worker; checked just below.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as handle:
+            status = os.fstat(handle.fileno())
+            if not stat.S_ISREG(status.st_mode):
+                raise ImageError(f"local path is not a regular file: {path.name}", reason="not_found")
+            size = status.st_size
             if size > max_bytes:
                 raise ImageError(f"local file is {size} bytes, over the {max_bytes} byte limit", reason="too_large")
             data = handle.read(max_bytes + 1)

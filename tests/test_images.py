@@ -189,6 +189,13 @@ def test_local_files_without_root_are_fetched_through_label_studio():
     assert resolved.kind == "http" and resolved.urls == (LS + "/data/local-files/?d=images/ok.png",)
 
 
+def test_local_fifo_or_device_is_refused_without_blocking(local_root: Path):
+    os.mkfifo(local_root / "images" / "pipe.png")  # opening it for reading would block forever
+    settings = SimpleNamespace(local_files_document_root=str(local_root))
+    with pytest.raises(ImageError, match="not a regular file"):
+        load_task_image("/data/local-files/?d=images/pipe.png", settings)
+
+
 def test_local_file_over_the_byte_limit_is_refused_before_reading(local_root: Path):
     settings = SimpleNamespace(local_files_document_root=str(local_root), image_max_bytes=100)
     with pytest.raises(ImageError, match="byte limit") as info:
