@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import pydantic_core
 import redis
 from rq import Queue, Retry
 from rq.callbacks import Callback
@@ -113,7 +114,9 @@ def read_results(conn: redis.Redis, prefix: str, job_ids: Sequence[str]) -> list
     if not job_ids:
         return []
     raw = conn.mget([key(prefix, "result", j) for j in job_ids])
-    return [json.loads(r) if r is not None else None for r in raw]
+    # pydantic-core's Rust parser: results are mostly long RLE integer lists, where it is many times
+    # faster than the json module.
+    return [pydantic_core.from_json(r) if r is not None else None for r in raw]
 
 
 def wait_for_results(
@@ -141,7 +144,7 @@ def wait_for_results(
 def store_result(conn: redis.Redis, prefix: str, job: str, result: dict[str, Any], ttl_s: int) -> bool:
     """Store a job's result; return whether an API request gave up on it (the worker must push it)."""
     with conn.pipeline(transaction=True) as pipe:
-        pipe.set(key(prefix, "result", job), json.dumps(result), ex=ttl_s)
+        pipe.set(key(prefix, "result", job), pydantic_core.to_json(result), ex=ttl_s)
         pipe.get(key(prefix, "push", job))
         _, push = pipe.execute()
     return push is not None
@@ -156,7 +159,7 @@ def request_push(conn: redis.Redis, prefix: str, job: str, ttl_s: int) -> dict[s
     if raw is None:
         return None
     conn.delete(key(prefix, "push", job))
-    return json.loads(raw)
+    return pydantic_core.from_json(raw)
 
 
 def job_status(conn: redis.Redis, prefix: str, job: str) -> dict[str, Any] | None:
