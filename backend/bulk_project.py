@@ -109,14 +109,17 @@ def plan(
 
 
 class LocalWorkers:
-    """`gem-labeler worker` processes started for one run, in their own session so Ctrl-C reaches only us."""
+    """`gem-labeler worker --burst` processes for one run, in their own session so Ctrl-C reaches only us.
+
+    Burst workers exit once the queue is empty, so even if this command is killed they finish what it
+    enqueued and go away instead of lingering; while work remains, an exited one is replaced.
+    """
 
     def __init__(self, count: int, settings: Settings, options: ProjectOptions, log_path: Path) -> None:
+        self.count = count
         self.log_path = log_path
         self.processes: list[subprocess.Popen] = []
-        if count <= 0:
-            return
-        env = {
+        self._env = {
             **os.environ,
             "REDIS_URL": settings.redis_url,
             "QUEUE_PREFIX": settings.queue_prefix,
@@ -126,24 +129,33 @@ class LocalWorkers:
             "MODEL_PRETRAINED": options.model_pretrained,
             "MODEL_CONFIG": options.model_config,
         }
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = log_path.open("ab")
-        for _ in range(count):
+        self._log = None
+
+    def ensure(self, queued: int) -> None:
+        """Keep `count` workers running while jobs wait; raise RuntimeError when one failed (say, no model)."""
+        self.poll()
+        self.processes = [p for p in self.processes if p.returncode is None]
+        if queued <= 0 or len(self.processes) >= self.count:
+            return
+        if self._log is None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = self.log_path.open("ab")
+        while len(self.processes) < self.count:
             self.processes.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "backend.cli", "worker"],
-                    env=env,
+                    [sys.executable, "-m", "backend.cli", "worker", "--burst"],
+                    env=self._env,
                     stdout=self._log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
             )
 
-    def check(self) -> None:
-        """Raise RuntimeError when every local worker has exited (a model that cannot load, say)."""
-        if self.processes and all(p.poll() is not None for p in self.processes):
-            codes = sorted({p.returncode for p in self.processes})
-            raise RuntimeError(f"the local worker(s) exited with status {codes}; see {self.log_path}")
+    def poll(self) -> None:
+        """Raise RuntimeError when a worker failed; exits with status 0 are normal for burst workers."""
+        for process in self.processes:
+            if process.poll() not in (None, 0):
+                raise RuntimeError(f"a local worker exited with status {process.returncode}; see {self.log_path}")
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Ask the workers to finish their current job and exit; kill those that do not."""
@@ -157,7 +169,7 @@ class LocalWorkers:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        if self.processes:
+        if self._log is not None:
             self._log.close()
 
 
@@ -216,6 +228,8 @@ def run_project(
                         status = rq_queue.enqueue(conn, settings, payload, interactive=False)
                         log.info("task %s job %s: %s", task.get("id"), ident, status)
                         outstanding[ident] = task.get("id")
+                    if workers.count and outstanding and not stop.requested:
+                        workers.ensure(queued=_queued(conn, prefix))  # after enqueuing: burst workers find work
                     finished = _collect(conn, prefix, outstanding, to_push, summary, bar)
                     if finished:
                         idle_since = time.monotonic()
@@ -227,7 +241,7 @@ def run_project(
                         time.monotonic() > grace_until or not _any_running(conn, prefix, outstanding)
                     ):
                         break
-                    workers.check()
+                    workers.poll()
                     if not hinted and time.monotonic() - idle_since > NO_WORKER_HINT_S:
                         hinted = _hint_if_no_workers(conn, prefix)
                     time.sleep(run.poll_s)
@@ -279,6 +293,11 @@ def _push(client: LabelStudioClient, run: ProjectRun, to_push: list[dict[str, An
             continue
         summary.done += len(batch)
         bar.advance(done=len(batch))
+
+
+def _queued(conn: Any, prefix: str) -> int:
+    """Return how many jobs wait in the batch queue."""
+    return int(conn.llen(f"rq:queue:{rq_queue.queue_name(prefix, rq_queue.BATCH)}"))
 
 
 def _any_running(conn: Any, prefix: str, outstanding: dict[str, Any]) -> bool:
