@@ -42,8 +42,11 @@ def test_broken_images_fail_alone_with_a_clear_error(label_studio, ls, gem_backe
         [prediction] = task["predictions"]
         check_prediction(prediction, natural_size=image.natural_size, model_version=record["model_version"])
 
-    # What Label Studio receives for the broken tasks: an item without a result, carrying the reason,
-    # which Label Studio skips and logs. Ask the backend the same question Label Studio asked.
+    # A result later than PREDICT_WAIT_S reaches Label Studio by push, but an error has nothing to push:
+    # the user asks again, Label Studio sends only the tasks still without predictions, and the stored
+    # errors come back at once, as items without a result carrying the reason (skipped and logged).
+    ls.run_action(project["id"], RETRIEVE_PREDICTIONS_ACTION)
+    # Ask the backend the same question directly, to see exactly what Label Studio was answered.
     body = {"tasks": [t for t in ls.tasks(project["id"]) if t["id"] in broken_ids],
             "project": f"{project['id']}.0", "label_config": MASKS_POLYGONS_BOXES, "params": {}}
     answer = httpx.post(f"{gem_backend.url}/predict", json=body, timeout=60)
