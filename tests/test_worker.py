@@ -188,7 +188,7 @@ def test_repeat_request_reuses_results(stack):
         finished = [q.finished_job_registry.count for q in rq_queue.get_queues(conn, settings.queue_prefix)]
         started = time.monotonic()
         second = client.post("/predict", json={"tasks": tasks, "label_config": CONFIG}).json()["results"]
-        assert time.monotonic() - started < 1
+        assert time.monotonic() - started < 2  # no engine run: the stored result
     assert second == first and "result" in first[0]
     assert [q.finished_job_registry.count for q in rq_queue.get_queues(conn, settings.queue_prefix)] == finished
     assert all(q.count == 0 for q in rq_queue.get_queues(conn, settings.queue_prefix))
@@ -278,7 +278,7 @@ def test_webhook_prelabels_new_tasks(stack, ls):
         started = time.monotonic()
         results = client.post("/predict", json={"tasks": [{"id": 61, "data": {"image": local("scene.png")}}],
                                                 "project": "7", "label_config": CONFIG}).json()["results"]
-        assert time.monotonic() - started < 1 and "result" in results[0]
+        assert time.monotonic() - started < 2 and "result" in results[0]
 
 
 def test_worker_batches_waiting_jobs_and_stores_failures(redis_url, tiny_vit_checkpoint, files, tmp_path):
