@@ -323,8 +323,10 @@ def start_backend(env_overrides: Mapping[str, str], data_dir: Path, *, repo_root
                             cwd=repo_root)
     url = f"http://127.0.0.1:{port}"
     try:
+        # Healthy means the API is up and its worker is listening, so no test races the worker's start.
         startup_s = wait_healthy(process, f"{url}/health", timeout_s=timeout_s,
-                                 ok=lambda r: r.status_code == 200 and r.json().get("status") == "UP")
+                                 ok=lambda r: r.status_code == 200 and r.json().get("status") == "UP"
+                                 and (r.json().get("workers") or 0) >= 1)
     except BaseException:
         process.stop()
         raise

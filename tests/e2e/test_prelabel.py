@@ -21,10 +21,10 @@ pytestmark = pytest.mark.e2e
 TASKS = 30
 
 
-def _prelabel_cmd(project_id: int) -> list[str]:
+def _prelabel_cmd(project_id: int, push_batch: int = 10) -> list[str]:
     exe = Path(sys.executable).with_name("gem-labeler")
-    # Small push batches, so that a run killed halfway has sent some predictions and not others.
-    return [str(exe), "prelabel", "--project", str(project_id), "--no-progress", "--json", "--push-batch", "3"]
+    return [str(exe), "prelabel", "--project", str(project_id), "--no-progress", "--json", "--push-batch",
+            str(push_batch)]
 
 
 def _summary(completed: subprocess.CompletedProcess) -> dict:
@@ -40,9 +40,9 @@ def _run(project_id: int, env: dict[str, str], cwd: Path) -> dict:
     return summary
 
 
-def _project_with_tasks(ls, workdir: Path, title: str) -> dict:
+def _project_with_tasks(ls, workdir: Path, title: str, base: tuple[int, int]) -> dict:
     project = ls.create_project(title, MASKS_POLYGONS_BOXES)
-    sizes = [(320 + 8 * i, 240 + 4 * i) for i in range(TASKS)]
+    sizes = [(base[0] + 8 * i, base[1] + 4 * i) for i in range(TASKS)]
     images = write_images(workdir, sizes, prefix=title.split(":")[0].replace(" ", "-"))
     report = ls.import_files(project["id"], [image.path for image in images])
     assert report["task_count"] == TASKS
@@ -56,7 +56,7 @@ def _per_task(ls, project_id: int) -> Counter:
 
 
 def test_prelabel_labels_every_task_once_and_a_rerun_adds_nothing(ls, gem_backend, ls_workdir):
-    project = _project_with_tasks(ls, ls_workdir, "bulk-once: prelabel")
+    project = _project_with_tasks(ls, ls_workdir, "bulk-once: prelabel", (64, 48))
     first = _run(project["id"], gem_backend.env, harness_root())
     assert (first["total"], first["done"], first["failed"], first["pending"]) == (TASKS, TASKS, 0, 0), first
     counts = _per_task(ls, project["id"])
@@ -70,10 +70,11 @@ def test_prelabel_labels_every_task_once_and_a_rerun_adds_nothing(ls, gem_backen
 
 
 def test_a_killed_prelabel_resumes_without_duplicates(ls, gem_backend, ls_workdir):
-    project = _project_with_tasks(ls, ls_workdir, "bulk-kill: prelabel")
+    # Larger images and one prediction per import request stretch the run, so the kill lands halfway.
+    project = _project_with_tasks(ls, ls_workdir, "bulk-kill: prelabel", (320, 240))
     log = ls_workdir / "killed-run.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(_prelabel_cmd(project["id"]), env=gem_backend.env, cwd=harness_root(),
+        proc = subprocess.Popen(_prelabel_cmd(project["id"], push_batch=1), env=gem_backend.env, cwd=harness_root(),
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
         sent = wait_for(lambda: len(ls.all_predictions(project["id"])), timeout_s=180, interval_s=0.05,
