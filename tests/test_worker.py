@@ -305,14 +305,23 @@ def test_worker_batches_waiting_jobs_and_stores_failures(redis_url, tiny_vit_che
                            image_url=f"http://127.0.0.1:{free_port()}/a.png", vocabulary=vocabulary,
                            options=options, version=model_version(options))
     rq_queue.enqueue(conn, settings, refused, interactive=False)
+    # Enqueued last, served first: the interactive queue comes before the batch queue.
+    urgent = make_payload(job=f"{prefix}-urgent", prefix=prefix, project="1", task={"id": 300},
+                          image_url=local("scene.png"), vocabulary=vocabulary, options=options,
+                          version=model_version(options), context={"result": [{"type": "textarea",
+                                                                               "value": {"text": ["red"]}}]})
+    rq_queue.enqueue(conn, settings, urgent, interactive=True)
     process = start_worker(env, tmp_path / "burst.log", "--burst")
     assert process.wait(180) == 0, (tmp_path / "burst.log").read_text()
-    summaries = [Job.fetch(j, connection=conn, serializer=JSONSerializer).return_value() for j in ids]
+    fetched = {j: Job.fetch(j, connection=conn, serializer=JSONSerializer) for j in [*ids, urgent["job_id"]]}
+    assert fetched[urgent["job_id"]].ended_at <= min(fetched[j].started_at for j in ids)
+    assert "prediction" in rq_queue.read_results(conn, prefix, [urgent["job_id"]])[0]
+    summaries = [fetched[j].return_value() for j in ids]
     assert summaries[0]["batch"] == 4
     assert all(s.get("batched") for s in summaries[1:])
     assert all("prediction" in r for r in rq_queue.read_results(conn, prefix, ids))
     seconds, images = rq_queue.engine_totals(conn, prefix)["gem"]
-    assert images == 4 and seconds > 0
+    assert images == 5 and seconds > 0  # the batch of 4 and the urgent one
     info = rq_queue.job_status(conn, prefix, broken["job_id"])
     assert info["status"] == "failed" and "malformed job payload" in info["error"] and "vocabulary" in info["error"]
     info = rq_queue.job_status(conn, prefix, refused["job_id"])
