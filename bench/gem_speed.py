@@ -1,14 +1,15 @@
 """Speed of our GEM against the reference (gem-torch 1.0.1 on open_clip 2.23.0): CPU, fp32, ViT-B-16.
 
 Random ViT-B-16 weights shared by both, 448 px, 20 labels, batch 1 and batch 8. Each side runs in its
-own fresh process (the reference needs its own venv, see bench/gem_parity.py), one after the other,
-with the same thread count; each is timed from PIL images to per-label maps upsampled to 448 px and
-min-max normalized, which is what the reference's forward returns. The reference is called as its
+own process (the reference needs its own venv, see bench/gem_parity.py) with the same thread count,
+and the two are timed in alternation, best of the rounds, so that load from elsewhere hits both.
+Each is timed from PIL images to per-label maps upsampled to 448 px and min-max normalized, which is
+what the reference's forward returns. The reference is called as its
 README shows (forward for one image, batched_forward for a batch), so it encodes the prompts on
 every call; ours keeps them cached, as a worker does. Peak memory is each process's max RSS
 (model included). The JSON line last.
 
-    .venv/bin/python bench/gem_speed.py [--repeats 2] [--threads 2]
+    .venv/bin/python bench/gem_speed.py [--rounds 2] [--threads 2] [--gpu]
 """
 
 from __future__ import annotations
@@ -29,22 +30,27 @@ LABELS = [
     "traffic light", "remote control", "chair", "table", "bottle", "cup", "window", "door", "bird", "boat",
 ]
 
-# Timing loop shared by both sides; `run(images)` is the side's full call on a list of PIL images.
-TIMER = r"""
-import resource, time
-def measure(run, images, batch, repeats):
-    run(images[:batch])  # warm-up: allocator, position embeddings, text cache (ours)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(images[:batch])
-        best = min(best, time.perf_counter() - start)
-    return best / batch
-def peak_gib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+# Command loop shared by both sides; `run(images)` is the side's full call on a list of PIL images.
+# The parent sends "1" or "8" (time one call of that batch size, after one warm-up call per size)
+# or "peak", one per line, so that the two sides can be timed in alternation.
+SERVER = r"""
+import json, resource, sys, time
+warm = set()
+for line in sys.stdin:
+    command = line.strip()
+    if command == "peak":
+        print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20), flush=True)
+        continue
+    batch = int(command)
+    if batch not in warm:
+        run(images[:batch])  # allocator, position embeddings, text cache (ours)
+        warm.add(batch)
+    start = time.perf_counter()
+    run(images[:batch])
+    print(json.dumps((time.perf_counter() - start) / batch), flush=True)
 """
 
-REFERENCE_SIDE = TIMER + r"""
+REFERENCE_SIDE = r"""
 import json, sys, torch, open_clip
 from PIL import Image
 from gem import get_gem_img_transform
@@ -63,12 +69,9 @@ def run(batch):
         if len(batch) == 1:
             return gem_model(pixels, labels)
         return gem_model.batched_forward(pixels, [labels] * len(batch))
-result = {f"b{b}": measure(run, images, b, args["repeats"]) for b in args["batches"]}
-result["peak_gib"] = peak_gib()
-print(json.dumps(result))
-"""
+""" + SERVER
 
-OURS_SIDE = TIMER + r"""
+OURS_SIDE = r"""
 import json, sys, torch, open_clip
 from PIL import Image
 sys.path.insert(0, sys.argv[2])
@@ -84,19 +87,31 @@ images = [Image.open(p) for p in args["images"]]
 labels = [[label] for label in args["labels"]]
 def run(batch):
     return [normalize(upsample(maps, (448, 448))) for maps in engine.heatmaps(batch, labels)]
-result = {f"b{b}": measure(run, images, b, args["repeats"]) for b in args["batches"]}
-result["peak_gib"] = peak_gib()
-print(json.dumps(result))
-"""
+""" + SERVER
 
 
-def run_side(python: str, script: str, args: dict) -> dict:
-    """Return the JSON figures a side prints, running it in a fresh process."""
-    completed = subprocess.run(
-        [python, "-c", script, json.dumps(args), str(ROOT)],
-        check=True, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+class Side:
+    """One side (ours or the reference) in its own process, timing calls on request."""
+
+    def __init__(self, python: str, script: str, args: dict):
+        self.process = subprocess.Popen(
+            [python, "-c", script, json.dumps(args), str(ROOT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
+
+    def ask(self, command: str) -> float:
+        """Return the figure the side answers to one command."""
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"benchmark side exited with {self.process.wait()}")
+        return float(json.loads(line))
+
+    def close(self) -> None:
+        """Stop the side process."""
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
 
 
 def gpu_figures(weights: Path, image_paths: list[str], repeats: int) -> dict:
@@ -135,7 +150,7 @@ def gpu_figures(weights: Path, image_paths: list[str], repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--gpu", action="store_true", help="also time ours on CUDA in fp32/fp16/bf16")
     parser.add_argument("--work", default=str(ROOT / "bench" / "out" / "gem_speed"))
@@ -158,30 +173,39 @@ def main() -> None:
         path = work / f"image{index}.jpg"
         Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(path)
         paths.append(str(path))
-    side_args = {"weights": str(work / "weights.pt"), "images": paths, "labels": LABELS,
-                 "threads": args.threads, "repeats": args.repeats, "batches": [1, 8]}
+    side_args = {"weights": str(work / "weights.pt"), "images": paths, "labels": LABELS, "threads": args.threads}
 
-    print(f"threads={args.threads} repeats={args.repeats} (best of), 20 labels, 448 px, ViT-B-16 random weights",
-          flush=True)
-    ours = run_side(sys.executable, OURS_SIDE, side_args)
-    print(f"ours:      {ours}", flush=True)
-    reference = run_side(ref_python, REFERENCE_SIDE, side_args)
-    print(f"reference: {reference}", flush=True)
+    print(f"threads={args.threads}, {args.rounds} alternating rounds (best of), 20 labels, 448 px, "
+          "ViT-B-16 random weights", flush=True)
+    sides = {"ours": Side(sys.executable, OURS_SIDE, side_args), "ref": Side(ref_python, REFERENCE_SIDE, side_args)}
+    best: dict[str, float] = {}
+    try:
+        for round_index in range(args.rounds):
+            for batch in (1, 8):
+                for name, side in sides.items():
+                    seconds = side.ask(str(batch))
+                    key = f"{name}_b{batch}"
+                    best[key] = min(best.get(key, float("inf")), seconds)
+                    print(f"round {round_index + 1} {name:>4} batch {batch}: {seconds:.3f} s/image", flush=True)
+        peaks = {name: side.ask("peak") for name, side in sides.items()}
+    finally:
+        for side in sides.values():
+            side.close()
     figures = {
-        "ours_s_per_image_b1": round(ours["b1"], 4),
-        "ref_s_per_image_b1": round(reference["b1"], 4),
-        "speedup_b1": round(reference["b1"] / ours["b1"], 2),
-        "ours_s_per_image_b8": round(ours["b8"], 4),
-        "ref_s_per_image_b8": round(reference["b8"], 4),
-        "speedup_b8": round(reference["b8"] / ours["b8"], 2),
-        "ours_peak_gib": round(ours["peak_gib"], 2),
-        "ref_peak_gib": round(reference["peak_gib"], 2),
+        "ours_s_per_image_b1": round(best["ours_b1"], 4),
+        "ref_s_per_image_b1": round(best["ref_b1"], 4),
+        "speedup_b1": round(best["ref_b1"] / best["ours_b1"], 2),
+        "ours_s_per_image_b8": round(best["ours_b8"], 4),
+        "ref_s_per_image_b8": round(best["ref_b8"], 4),
+        "speedup_b8": round(best["ref_b8"] / best["ours_b8"], 2),
+        "ours_peak_gib": round(peaks["ours"], 2),
+        "ref_peak_gib": round(peaks["ref"], 2),
         "threads": args.threads,
     }
     if args.gpu:
         if not torch.cuda.is_available():
             raise SystemExit("--gpu asked but CUDA is not available")
-        gpu = gpu_figures(work / "weights.pt", paths, max(args.repeats, 5))
+        gpu = gpu_figures(work / "weights.pt", paths, 5)
         print(f"gpu: {gpu}")
         figures.update(gpu)
     print(f"speedup: batch 1 {figures['speedup_b1']}x, batch 8 {figures['speedup_b8']}x (target >= 2x); "

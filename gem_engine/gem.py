@@ -76,12 +76,11 @@ def block_weights(block: torch.nn.Module) -> BlockWeights:
     raise UnsupportedModelError(f"unsupported transformer block {type(block).__name__}")
 
 
-def split_heads(x: torch.Tensor, weights: BlockWeights) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return q, k, v as [B, heads, N, head_dim] from the normalized block input [B, N, C]."""
+def project_qkv(x: torch.Tensor, weights: BlockWeights) -> torch.Tensor:
+    """Return q, k, v stacked as one [3, B, heads, N, head_dim] view of the block's in-projection."""
     batch, tokens, width = x.shape
     qkv = F.linear(x, weights.in_weight, weights.in_bias)
-    qkv = qkv.view(batch, tokens, 3, weights.heads, width // weights.heads).permute(2, 0, 3, 1, 4)
-    return qkv[0], qkv[1], qkv[2]
+    return qkv.view(batch, tokens, 3, weights.heads, width // weights.heads).permute(2, 0, 3, 1, 4)
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
@@ -136,31 +135,31 @@ def embed_tokens(visual: VisionTransformer, pixels: torch.Tensor) -> tuple[torch
     return visual.ln_pre(x), grid
 
 
-def original_block(block: torch.nn.Module, weights: BlockWeights, x: torch.Tensor, normed: torch.Tensor,
-                   q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mlp: bool = True) -> torch.Tensor:
-    """Return the unmodified block's output, reusing q/k/v already projected for GEM."""
-    attended = merge_heads(F.scaled_dot_product_attention(q, k, v))
+def original_block(block: torch.nn.Module, weights: BlockWeights, x: torch.Tensor, qkv: torch.Tensor, *,
+                   mlp: bool = True) -> torch.Tensor:
+    """Return the unmodified block's output, reusing the q/k/v already projected for GEM."""
+    attended = merge_heads(F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2]))
     x = x + weights.ls_1(weights.out_proj(attended))
     if mlp:
         x = x + block.ls_2(block.mlp(block.ln_2(x)))
     return x
 
 
-def self_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, normed: torch.Tensor,
-                        options: GemOptions) -> torch.Tensor:
+def self_self_attention(qkv: torch.Tensor, normed: torch.Tensor, options: GemOptions) -> torch.Tensor:
     """Return the GEM branch output [B, heads, N, head_dim] before out_proj: mean over p in q,k,v.
 
     For each p: Zn = normalize(p); n times Z = softmax(s Zn Zn^T) Zn; then softmax(s Zn Zn^T) @ v.
     The three streams run as one batched fused attention, with s folded into the queries.
     """
-    batch, heads, tokens, dim = q.shape
+    _, batch, heads, tokens, dim = qkv.shape
+    q, v = qkv[0], qkv[2]
     if options.temperature is None:
         # Per image: mean over all tokens of the full-width norm of ln_1(x), times head_dim^-0.5.
         inv_temp = normed.float().norm(dim=-1).mean(dim=-1).to(q.dtype) * dim**-0.5
         inv_temp = inv_temp.view(1, batch, 1, 1, 1)
     else:
         inv_temp = torch.tensor(options.temperature, dtype=q.dtype, device=q.device)
-    z = torch.stack([q, k, v])  # [3, B, H, N, d]
+    z = qkv
     for _ in range(options.iterations):
         zn = F.normalize(z, dim=-1)
         z = F.scaled_dot_product_attention((zn * inv_temp).flatten(0, 1), zn.flatten(0, 1), zn.flatten(0, 1),
@@ -170,6 +169,15 @@ def self_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, norme
     out = F.scaled_dot_product_attention((zn * inv_temp).flatten(0, 1), zn.flatten(0, 1), values.flatten(0, 1),
                                          scale=1.0).view_as(zn)
     return out.mean(dim=0)
+
+
+def plain_block(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Return an unmodified block's output, with fused attention where the block allows it."""
+    try:
+        weights = block_weights(block)
+    except UnsupportedModelError:
+        return block(x)
+    return original_block(block, weights, x, project_qkv(weights.ln_1(x), weights))
 
 
 @dataclass
@@ -204,22 +212,22 @@ def run_streams(visual: VisionTransformer, pixels: torch.Tensor, options: GemOpt
     x, grid = embed_tokens(visual, pixels)
     first_special = len(blocks) - max(gem_blocks, 1 if want_last_qkv else 0)
     for block in blocks[:first_special]:
-        x = block(x)
+        x = plain_block(block, x)
     gem_x = x if options is not None else None
     last_qkv = None
     for index in range(first_special, len(blocks)):
         block = blocks[index]
         weights = block_weights(block)
         normed = weights.ln_1(x)
-        q, k, v = split_heads(normed, weights)
+        qkv = project_qkv(normed, weights)
         is_last = index == len(blocks) - 1
         if is_last and want_last_qkv:
-            last_qkv = (q, k, v)
+            last_qkv = (qkv[0], qkv[1], qkv[2])
         if gem_x is not None and index >= len(blocks) - gem_blocks:
-            gem_out = self_self_attention(q, k, v, normed, options)
+            gem_out = self_self_attention(qkv, normed, options)
             gem_x = gem_x + weights.ls_1(weights.out_proj(merge_heads(gem_out)))
         if not is_last or want_original:
-            x = original_block(block, weights, x, normed, q, k, v)
+            x = original_block(block, weights, x, qkv)
     return StreamOutput(
         gem=project(visual, gem_x) if gem_x is not None else None,
         original=project(visual, x) if want_original else None,

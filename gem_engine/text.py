@@ -96,10 +96,11 @@ def text_embeddings(
             "use synonym_embeddings or HeatmapEngine(combine='max')"
         )
     labels = validate_prompts(prompts)
-    flat, owner = synonym_embeddings(loaded, labels, templates=templates)
-    summed = torch.zeros(len(labels), flat.shape[1], dtype=flat.dtype, device=flat.device)
-    summed.index_add_(0, owner, flat)
-    return F.normalize(summed, dim=-1)
+    flat, _ = synonym_embeddings(loaded, labels, templates=templates)
+    if flat.shape[0] == len(labels):
+        return flat  # one prompt per label: already normalized
+    sizes = [len(words) for words in labels]
+    return F.normalize(torch.stack([group.sum(0) for group in flat.split(sizes)]), dim=-1)
 
 
 def synonym_embeddings(
