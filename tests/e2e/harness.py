@@ -18,8 +18,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -251,7 +251,6 @@ class LabelStudio:
     process: ManagedProcess
     startup_s: float
     personal_access_token: str = ""
-    extra: dict = field(default_factory=dict)
 
     def stop(self) -> None:
         """Stop the server and everything it started."""
@@ -331,14 +330,3 @@ def start_backend(env_overrides: Mapping[str, str], data_dir: Path, *, repo_root
         process.stop()
         raise
     return Backend(url, env, process, startup_s)
-
-
-@contextlib.contextmanager
-def stopping(*servers) -> Iterator[None]:
-    """Stop every given server on exit, whatever happened."""
-    try:
-        yield
-    finally:
-        for server in servers:
-            with contextlib.suppress(Exception):
-                server.stop()
