@@ -176,3 +176,15 @@ def test_gradcam_through_the_engine_equals_gradcam_maps(fixture, request):
     assert maps.shape[0] == 3 and maps.shape == tuple(expected.shape)
     np.testing.assert_allclose(maps, expected.numpy(), atol=1e-6)
     assert maps.min() >= 0 and maps.max() > 0
+
+
+def test_bf16_maps_are_close_to_fp32(tiny_vit_checkpoint):
+    common = dict(config_path=tiny_vit_checkpoint["model_config"], device="cpu")
+    fp32 = load_model("tiny-vit", tiny_vit_checkpoint["pretrained"], **common)
+    bf16 = load_model("tiny-vit", tiny_vit_checkpoint["pretrained"], precision="bf16", **common)
+    image = photo()
+    a = HeatmapEngine(fp32, image_size=96).heatmaps([image], LABELS)[0]
+    b = HeatmapEngine(bf16, image_size=96).heatmaps([image], LABELS)[0]
+    assert b.dtype == np.float32
+    assert np.abs(a - b).max() < 0.05
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
