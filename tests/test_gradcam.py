@@ -210,10 +210,24 @@ def test_low_precision_model_on_cpu_is_computed_in_float32(dtype, tiny_vit):
     assert all(p.grad is None for p in low.parameters())
 
 
-def test_large_vocabulary_in_chunks(tiny_resnet):
-    maps = gradcam_maps(tiny_resnet, _pixels(1), _texts(300), chunk_size=64)
-    assert maps.shape == (1, 300, 3, 3)
+def test_large_vocabulary_goes_in_bounded_chunks(tiny_resnet, monkeypatch):
+    real_grad = torch.autograd.grad
+    seeds_per_backward = []
+
+    def spy(outputs, inputs, grad_outputs=None, **kwargs):
+        seeds_per_backward.append(grad_outputs.shape[0])
+        return real_grad(outputs, inputs, grad_outputs, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", spy)
+    maps = gradcam_maps(tiny_resnet, _pixels(2), _texts(300), chunk_size=64)
+    monkeypatch.undo()
+    # Gradients held at once are [chunk, *activations]: memory follows the chunk, not the vocabulary.
+    assert seeds_per_backward == [64, 64, 64, 64, 44]
+    assert maps.shape == (2, 300, 3, 3)
     assert torch.isfinite(maps).all()
+    torch.testing.assert_close(
+        maps[:, 250:], gradcam_maps(tiny_resnet, _pixels(2), _texts(300)[250:]), rtol=1e-5, atol=1e-7
+    )
 
 
 @pytest.mark.parametrize(
