@@ -23,6 +23,7 @@ from rq.serializers import JSONSerializer
 from backend import queue as rq_queue
 from backend.jobs import ProjectOptions
 from backend.pipeline import EngineCache, TaskOutcome, predict_payloads
+from backend.reaper import Heartbeat
 from backend.settings import Settings
 
 log = logging.getLogger("gem_labeler.worker")
@@ -48,6 +49,7 @@ class _State:
 
 
 _STATE: _State | None = None
+_HOLDER: str | None = None  # this process's RQ worker name, once it is one
 
 
 def state() -> _State:
@@ -123,7 +125,9 @@ def _push(payload: dict[str, Any], prediction: dict[str, Any] | None, st: _State
 
 
 def _claim(conn: redis.Redis, prefix: str, ident: str, ttl_s: int) -> bool:
-    return bool(conn.set(rq_queue.key(prefix, "claim", ident), os.getpid(), nx=True, ex=ttl_s))
+    # The claim names its worker, so a reaper can release it as soon as that worker is dead.
+    holder = _HOLDER or str(os.getpid())
+    return bool(conn.set(rq_queue.key(prefix, "claim", ident), holder, nx=True, ex=ttl_s))
 
 
 def _await_other(conn: redis.Redis, payload: dict[str, Any], timeout_s: int) -> dict[str, Any]:
@@ -196,7 +200,34 @@ def main(settings: Settings, *, burst: bool = False) -> int:
         log.error("cannot load the model: %s", exc)
         return 3
     queues = rq_queue.get_queues(conn, settings.queue_prefix)
-    worker = SimpleWorker(queues, connection=conn, serializer=JSONSerializer)
-    log.info("worker %s listening on %s", worker.name, ", ".join(q.name for q in queues))
-    worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
-    return 0
+    global _HOLDER
+    while True:
+        worker = SimpleWorker(queues, connection=conn, serializer=JSONSerializer)
+        _HOLDER = worker.name
+        heartbeat = Heartbeat(conn, settings.queue_prefix, worker.name).start()
+        log.info("worker %s listening on %s", worker.name, ", ".join(q.name for q in queues))
+        try:
+            worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+        except redis.RedisError as exc:  # raised by RQ's own teardown when Redis is gone
+            log.error("%s", rq_queue.describe_error(settings.redis_url, exc))
+        finally:
+            heartbeat.stop()
+        if burst or worker._stop_requested or worker._shutdown_requested_date is not None:
+            return 0  # finished, or asked to stop (SIGTERM / Ctrl-C)
+        # RQ's loop quits on an error outside a job, such as Redis going away between two jobs; the
+        # process lives on under a new worker name, so reapers hand the interrupted job to a worker.
+        _wait_for_redis(conn, settings.redis_url)
+
+
+def _wait_for_redis(conn: redis.Redis, url: str) -> None:
+    """Return once Redis answers PING again, retrying with capped backoff."""
+    delay = 0.5
+    while True:
+        try:
+            conn.ping()
+            log.info("Redis is back: starting a fresh worker")
+            return
+        except redis.RedisError as exc:
+            log.error("%s; retry in %.1f s", rq_queue.describe_error(url, exc), delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)

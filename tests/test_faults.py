@@ -1,0 +1,269 @@
+"""Faults a long pre-labeling run must survive, each on its own redis-server (a private loopback port).
+
+- a worker killed with SIGKILL in the middle of a 100-task `gem-labeler prelabel` run: another worker
+  finishes it, and Label Studio receives exactly one prediction per task;
+- Redis stopped and restarted in the middle of a run: /predict answers 503 naming Redis, /health keeps
+  answering fast, and the run completes afterwards with nothing lost;
+- Label Studio refusing connections while workers push late predictions: pushes retry with backoff
+  and every prediction arrives once it accepts again.
+
+The helpers at the top (a restartable Redis, worker processes, images) serve tests/test_bad_inputs.py too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from PIL import Image
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from backend import queue as rq_queue
+
+ROOT = Path(__file__).parents[1]
+
+
+def free_port() -> int:
+    """Return a loopback TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A private redis-server on a loopback port with its own directory, persisting every write (AOF).
+
+    `stop()` shuts it down the way an operator would (SHUTDOWN, AOF flushed); `start()` brings it back on
+    the same port with the same data, so tests can take Redis away in the middle of a run.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 15.0) -> RedisServer:
+        """Start the server and return self once it answers PING."""
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+                   "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "no"]
+        log = (self.folder / "redis.log").open("ab")
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if client.ping():
+                    return self
+            except redis.ConnectionError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start: {(self.folder / 'redis.log').read_text()}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Shut the server down (its data stays on disk) and wait for the process to end."""
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)  # redis-server treats SIGTERM as SHUTDOWN
+        self.process.wait(20)
+        self.process = None
+
+    def client(self) -> redis.Redis:
+        """Return a client of this server."""
+        return redis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=5)
+
+
+def write_images(folder: Path, count: int, size: tuple[int, int] = (96, 72)) -> list[str]:
+    """Write `count` small distinct PNGs and return their file names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    rng = np.random.default_rng(0)
+    width, height = size
+    for i in range(count):
+        pixels = np.full((height, width, 3), 128, dtype=np.uint8)
+        x, y = rng.integers(0, width // 2), rng.integers(0, height // 2)
+        pixels[y : y + height // 3, x : x + width // 3] = rng.integers(0, 255, 3, dtype=np.uint8)
+        name = f"f{i:03d}.png"
+        Image.fromarray(pixels).save(folder / name)
+        names.append(name)
+    return names
+
+
+def model_env(redis_url: str, prefix: str, checkpoint: dict, files: Path, **extra: str) -> dict[str, str]:
+    """Return the environment of a worker (or API) process using the tiny model and local files."""
+    return {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "QUEUE_PREFIX": prefix,
+        "MODEL_NAME": checkpoint["model_name"],
+        "MODEL_CONFIG": checkpoint["model_config"],
+        "MODEL_PRETRAINED": checkpoint["pretrained"],
+        "DEVICE": "cpu",
+        "LOCAL_FILES_DOCUMENT_ROOT": str(files),
+        "PYTHONPATH": str(ROOT),
+        "DATA_DIR": str(files.parent / "data"),
+        **extra,
+    }
+
+
+def start_worker(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen:
+    """Start `gem-labeler worker` with its output in `log_path`."""
+    log = log_path.open("ab")
+    return subprocess.Popen([sys.executable, "-m", "backend.cli", "worker", *args], env=env, cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.05):
+    """Return the first truthy value of `predicate()`; fail naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(poll_s)
+
+
+@pytest.fixture()
+def redis_server(tmp_path):
+    """A private, restartable redis-server for one test."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+def result_count(conn: redis.Redis, prefix: str) -> int:
+    """Return how many job results are stored under this deployment's prefix."""
+    return sum(1 for _ in conn.scan_iter(match=rq_queue.key(prefix, "result", "*"), count=1000))
+
+
+def test_kill_9_worker_mid_bulk_run_loses_and_doubles_nothing(redis_server, tiny_vit_checkpoint, tmp_path):
+    from tests.test_bulk_project import PROJECT, TOKEN, FakeLabelStudio
+
+    files = tmp_path / "files"
+    names = write_images(files, 100, (96, 72))
+    tasks = [{"id": 1000 + i, "data": {"image": f"/data/local-files/?d={name}"}} for i, name in enumerate(names)]
+    fake = FakeLabelStudio(tasks)
+    prefix = f"k{uuid.uuid4().hex[:8]}"
+    env = model_env(redis_server.url, prefix, tiny_vit_checkpoint, files, JOB_RETRIES="0", WORKER_BATCH_SIZE="4",
+                    LABEL_STUDIO_URL="", LABEL_STUDIO_API_KEY="")
+    conn = redis_server.client()
+    first = start_worker(env, tmp_path / "worker1.log")
+    second = None
+    try:
+        wait_for(lambda: rq_queue.worker_count(conn, prefix) or first.poll() is not None, 120, "worker 1")
+        assert first.poll() is None, (tmp_path / "worker1.log").read_text()
+        run = subprocess.Popen(
+            [sys.executable, "-m", "backend.cli", "prelabel", "--project", str(PROJECT), "--url", fake.url,
+             "--api-key", TOKEN, "--json", "--no-progress", "--push-batch", "10"],
+            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        batch = rq_queue.get_queues(conn, prefix)[1]
+
+        def busy_midway() -> bool:
+            done = result_count(conn, prefix)
+            return 5 <= done <= 80 and batch.started_job_registry.get_job_ids(cleanup=False) != []
+
+        wait_for(busy_midway, 120, "worker 1 to be busy in the middle of the run", poll_s=0.005)
+        first.send_signal(signal.SIGKILL)
+        assert first.wait(10) == -signal.SIGKILL
+        abandoned = batch.started_job_registry.get_job_ids(cleanup=False)
+        done_at_kill = result_count(conn, prefix)
+        assert abandoned and done_at_kill < 100
+        # RQ alone would keep the abandoned job "started" for JOB_TIMEOUT_S + 60 s, then fail it.
+        status = Job.fetch(abandoned[0], connection=conn, serializer=JSONSerializer).get_status(refresh=False)
+        assert status == "started"
+
+        second = start_worker(env, tmp_path / "worker2.log")
+        stdout, stderr = run.communicate(timeout=240)
+        assert run.returncode == 0, stderr + (tmp_path / "worker2.log").read_text()
+        summary = json.loads(stdout.strip().splitlines()[-1])
+        assert (summary["done"], summary["failed"], summary["pending"]) == (100, 0, 0), summary
+        per_task = Counter(p["task"] for batch_ in fake.posts() for p in batch_)
+        assert sorted(per_task) == [t["id"] for t in tasks]
+        assert set(per_task.values()) == {1}, "every task exactly one prediction"
+        assert result_count(conn, prefix) == 100
+        for queue in rq_queue.get_queues(conn, prefix):
+            assert queue.failed_job_registry.count == 0 and queue.count == 0
+        assert "re-queued: its worker" in (tmp_path / "worker2.log").read_text()
+        for ident in abandoned:
+            assert Job.fetch(ident, connection=conn, serializer=JSONSerializer).get_status() == "finished"
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.wait(30)
+        fake.close()
+
+
+def test_redis_restart_mid_run_answers_503_then_completes(redis_server, tiny_vit_checkpoint, tmp_path):
+    from backend.settings import Settings
+    from tests.test_api import serve
+    from tests.test_worker import CONFIG
+
+    files = tmp_path / "files"
+    names = write_images(files, 40)
+    tasks = [{"id": 2000 + i, "data": {"image": f"/data/local-files/?d={name}"}} for i, name in enumerate(names)]
+    prefix = f"r{uuid.uuid4().hex[:8]}"
+    env = model_env(redis_server.url, prefix, tiny_vit_checkpoint, files, WORKER_BATCH_SIZE="2", JOB_RETRIES="3",
+                    PREDICT_WAIT_S="0", LABEL_STUDIO_URL="", LABEL_STUDIO_API_KEY="")
+    settings = Settings.from_env(env)
+    conn = redis_server.client()
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        wait_for(lambda: rq_queue.worker_count(conn, prefix) or worker.poll() is not None, 120, "the worker")
+        assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+        body = {"tasks": tasks, "label_config": CONFIG}
+        with serve(settings) as client:
+            first = client.post("/predict", json=body)
+            assert first.status_code == 200, first.text
+            wait_for(lambda: result_count(conn, prefix) >= 4, 120, "the first results")
+            redis_server.stop()
+            try:
+                started = time.monotonic()
+                down = client.post("/predict", json=body)
+                assert time.monotonic() - started < 10
+                assert down.status_code == 503
+                detail = down.json()["detail"]
+                assert f"Redis at redis://127.0.0.1:{redis_server.port}/0 is unreachable" in detail, detail
+                for _ in range(3):
+                    started = time.monotonic()
+                    health = client.get("/health")
+                    assert time.monotonic() - started < 1.5
+                    assert health.status_code == 200 and health.json()["status"] == "UP"
+                    assert "unreachable" in health.json()["redis"] and health.json()["workers"] is None
+                    time.sleep(1)
+                assert worker.poll() is None, "the worker must outlive a Redis outage"
+            finally:
+                redis_server.start()
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+
+            def all_finished():
+                reply = client.post("/predict", json=body)
+                assert reply.status_code == 200, reply.text
+                results = reply.json()["results"]
+                return results if all("result" in r or "error" in r for r in results) else None
+
+            results = wait_for(all_finished, 180, "every task to finish after Redis returned", poll_s=1)
+        assert len(results) == len(tasks)
+        assert [r for r in results if "error" in r] == []
+        assert result_count(conn, prefix) == len(tasks)
+        assert worker.poll() is None
+    finally:
+        if worker.poll() is None:
+            worker.terminate()
+            worker.wait(30)
