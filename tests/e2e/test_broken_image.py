@@ -42,21 +42,26 @@ def test_broken_images_fail_alone_with_a_clear_error(label_studio, ls, gem_backe
         [prediction] = task["predictions"]
         check_prediction(prediction, natural_size=image.natural_size, model_version=record["model_version"])
 
-    # A result later than PREDICT_WAIT_S reaches Label Studio by push, but an error has nothing to push:
-    # the user asks again, Label Studio sends only the tasks still without predictions, and the stored
-    # errors come back at once, as items without a result carrying the reason (skipped and logged).
-    ls.run_action(project["id"], RETRIEVE_PREDICTIONS_ACTION)
-    # Ask the backend the same question directly, to see exactly what Label Studio was answered.
-    body = {"tasks": [t for t in ls.tasks(project["id"]) if t["id"] in broken_ids],
+    # Ask the backend what Label Studio asks, until both broken tasks have a final answer (an image
+    # fetch that failed with a 5xx is retried with backoff first).
+    body = {"tasks": [t for t in tasks if t["id"] in broken_ids],
             "project": f"{project['id']}.0", "label_config": MASKS_POLYGONS_BOXES, "params": {}}
-    answer = httpx.post(f"{gem_backend.url}/predict", json=body, timeout=60)
-    assert answer.status_code == 200, answer.text
-    items = answer.json()["results"]
+
+    def final_errors() -> list[dict] | None:
+        answer = httpx.post(f"{gem_backend.url}/predict", json=body, timeout=60)
+        assert answer.status_code == 200, answer.text
+        found = answer.json()["results"]
+        return found if all("error" in item for item in found) else None
+
+    items = wait_for(final_errors, timeout_s=120, interval_s=1, what="errors for both broken tasks")
     assert len(items) == 2
     for item in items:
         assert "result" not in item
         assert item["task"] in broken_ids
         assert item["error"].startswith("image: "), item
+    # Errors have nothing to push: the user asks again, Label Studio sends only the tasks still without
+    # predictions, and gets the stored errors at once, as items without a result (skipped and logged).
+    ls.run_action(project["id"], RETRIEVE_PREDICTIONS_ACTION)
     reasons = {item["task"]: item["error"].lower() for item in items}
     missing_id = next(t["id"] for t in tasks if t["data"]["image"] == missing_url)
     corrupt_id = (broken_ids - {missing_id}).pop()
