@@ -92,6 +92,7 @@ def gem_backend(label_studio, tiny_vit_checkpoint, redis_url, tmp_path_factory) 
         "REDIS_URL": redis_url,
         # A shared REDIS_URL may hold other runs' queues: this run gets its own names.
         "QUEUE_PREFIX": f"e2e-{uuid.uuid4().hex[:8]}",
+        "RESULT_TTL_S": "3600",  # what a run leaves in a shared Redis expires within the hour
         "LABEL_STUDIO_URL": label_studio.url,
         "LABEL_STUDIO_API_KEY": label_studio.personal_access_token,
         "LOCAL_FILES_DOCUMENT_ROOT": str(label_studio.files_root),
