@@ -155,20 +155,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                          context if interactive else None)
         mode = "interactive" if interactive else "batch"
         metrics.predict_latency.labels(mode).observe(time.monotonic() - started)
-        for item in items:
-            metrics.predict_tasks.labels(
-                "result" if "result" in item else "error" if "error" in item else "pending"
-            ).inc()
-        if interactive and items and all("status" in item and "error" not in item for item in items):
+        outcomes = [_outcome(item) for item in items]
+        for outcome in outcomes:
+            metrics.predict_tasks.labels(outcome).inc()
+        if interactive and outcomes and all(o == "pending" for o in outcomes):
             workers = rq_queue.worker_count(clients.main(), prefix)
             raise HTTPException(
                 504,
                 f"no interactive result within PREDICT_WAIT_S={settings.predict_wait_s} s "
                 f"({workers} worker(s) listening); try again or add workers",
             )
-        # Serialized by pydantic-core directly: RLE-heavy results make both FastAPI's per-value encoder walk
-        # and the json module the largest cost of a request whose results are already stored.
-        body = pydantic_core.to_json({"results": items, "model_version": version})
+        # Stored predictions go out as the bytes the worker stored; only the small items are serialized.
+        parts = [item if isinstance(item, bytes) else pydantic_core.to_json(item) for item in items]
+        body = b'{"results":[' + b",".join(parts) + b'],"model_version":' + pydantic_core.to_json(version) + b"}"
         return Response(body, media_type="application/json")
 
     @app.post("/webhook")
@@ -211,46 +210,57 @@ def _predict(
     options: ProjectOptions,
     version: str,
     context: dict[str, Any] | None,
-) -> list[dict[str, Any]]:
-    """Return one item per task: a prediction, an error, or a pending marker (no `result` key)."""
+) -> list[bytes | dict[str, Any]]:
+    """Return one item per task: a prediction's JSON bytes, an error, or a pending marker (no `result` key)."""
     prefix = settings.queue_prefix
-    items: list[dict[str, Any] | None] = [None] * len(tasks)
-    jobs: dict[int, str] = {}
-    payloads: dict[int, dict[str, Any]] = {}
+    items: list[bytes | dict[str, Any] | None] = [None] * len(tasks)
+    jobs: dict[int, tuple[str, str]] = {}  # task index -> (job id, image URL)
     config_hash = vocabulary.config_hash()
     for i, task in enumerate(tasks):
         try:
             url = image_url_of(task, vocabulary)
         except ValueError as exc:
-            items[i] = {"error": str(exc), "task": task.get("id") if isinstance(task, dict) else None}
+            items[i] = {"error": str(exc), "task": _task_id(task)}
             continue
-        ident = job_id(prefix=prefix, project=project, task_id=task.get("id"), version=version,
-                       config_hash=config_hash, image_url=url, context=context)
-        jobs[i] = ident
-        payloads[i] = make_payload(job=ident, prefix=prefix, project=project, task=task, image_url=url,
-                                   vocabulary=vocabulary, options=options, version=version, context=context)
+        jobs[i] = (job_id(prefix=prefix, project=project, task_id=task.get("id"), version=version,
+                          config_hash=config_hash, image_url=url, context=context), url)
     order = list(jobs)
-    results = rq_queue.read_results(conn, prefix, [jobs[i] for i in order])
+    ids = [jobs[i][0] for i in order]
+    results = rq_queue.read_stored(conn, prefix, ids)
+    # Payloads only for tasks without a stored result; the vocabulary and options are turned into JSON once.
+    shared = {"vocabulary": vocabulary.to_dict(), "options": options.to_dict()}
     for i, result in zip(order, results, strict=True):
         if result is None:
-            status = rq_queue.enqueue(conn, settings, payloads[i], interactive=context is not None)
-            log.info("task %s job %s: %s", payloads[i]["task_id"], jobs[i], status)
-    results = rq_queue.wait_for_results(conn, prefix, [jobs[i] for i in order], settings.predict_wait_s,
-                                        known=results)
+            ident, url = jobs[i]
+            payload = make_payload(job=ident, prefix=prefix, project=project, task=tasks[i], image_url=url,
+                                   vocabulary=vocabulary, options=options, version=version, context=context,
+                                   shared=shared)
+            status = rq_queue.enqueue(conn, settings, payload, interactive=context is not None)
+            log.info("task %s job %s: %s", payload["task_id"], ident, status)
+    results = rq_queue.wait_for_results(conn, prefix, ids, settings.predict_wait_s, known=results)
     for i, result in zip(order, results, strict=True):
+        ident = jobs[i][0]
         if result is None and settings.can_push and context is None:
-            result = rq_queue.request_push(conn, prefix, jobs[i], settings.result_ttl_s)
-        items[i] = _item(result, jobs[i], payloads[i]["task_id"], settings)
+            result = rq_queue.request_push(conn, prefix, ident, settings.result_ttl_s)
+        items[i] = _item(result, ident, _task_id(tasks[i]), settings)
     return [item for item in items if item is not None]
 
 
-def _item(result: dict[str, Any] | None, ident: str, task_id: Any, settings: Settings) -> dict[str, Any]:
+def _item(
+    result: rq_queue.StoredResult | None, ident: str, task_id: Any, settings: Settings
+) -> bytes | dict[str, Any]:
     if result is None:
         later = "the worker will push it to Label Studio" if settings.can_push else "ask again for the result"
         return {"status": "pending", "job_id": ident, "task": task_id, "detail": f"not finished in time; {later}"}
-    if "error" in result:
-        return {"error": result["error"], "job_id": ident, "task": task_id}
-    return result["prediction"]
+    if result.prediction_json is None:
+        return {"error": result.error or "failed without a message", "job_id": ident, "task": task_id}
+    return result.prediction_json
+
+
+def _outcome(item: bytes | dict[str, Any]) -> str:
+    if isinstance(item, bytes):
+        return "result"
+    return "error" if "error" in item else "pending"
 
 
 def _prelabel_created(

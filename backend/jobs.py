@@ -165,16 +165,21 @@ def make_payload(
     options: ProjectOptions,
     version: str,
     context: dict[str, Any] | None = None,
+    shared: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Return the JSON payload a worker needs to compute one task."""
+    """Return the JSON payload a worker needs to compute one task.
+
+    `shared` may hold the "vocabulary" and "options" dicts already made for other tasks of the same request.
+    """
+    shared = shared or {}
     return {
         "job_id": job,
         "prefix": prefix,
         "project": project,
         "task_id": task.get("id"),
         "image_url": image_url,
-        "vocabulary": vocabulary.to_dict(),
-        "options": options.to_dict(),
+        "vocabulary": shared.get("vocabulary") or vocabulary.to_dict(),
+        "options": shared.get("options") or options.to_dict(),
         "model_version": version,
         "context": context,
     }

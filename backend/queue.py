@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pydantic_core
@@ -109,14 +110,55 @@ def enqueue(conn: redis.Redis, settings: Settings, payload: dict[str, Any], *, i
     return "exists"
 
 
-def read_results(conn: redis.Redis, prefix: str, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
-    """Return the stored result of each job (None where there is none yet)."""
+# A stored result is one Redis string: a small JSON header (task_id, error), then, for a prediction, a
+# newline and the prediction's JSON. /predict splices those prediction bytes into its answer without
+# parsing them: they are mostly long RLE integer lists, the largest cost of a request otherwise.
+_SEPARATOR = b"\n"  # never inside compact JSON, which escapes newlines in strings
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """A job's stored result: its header and, unless it is an error, the prediction's JSON bytes."""
+
+    header: dict[str, Any]
+    prediction_json: bytes | None
+
+    @property
+    def error(self) -> str | None:
+        """Return the stored error, if the job failed."""
+        return self.header.get("error")
+
+    def parsed(self) -> dict[str, Any]:
+        """Return the result as one dict: header fields plus `prediction`, when there is one."""
+        if self.prediction_json is None:
+            return dict(self.header)
+        return {**self.header, "prediction": pydantic_core.from_json(self.prediction_json)}
+
+
+def _encode(result: dict[str, Any]) -> bytes:
+    header = pydantic_core.to_json({k: v for k, v in result.items() if k != "prediction"})
+    if "prediction" not in result:
+        return header
+    return header + _SEPARATOR + pydantic_core.to_json(result["prediction"])
+
+
+def _decode(raw: bytes | None) -> StoredResult | None:
+    if raw is None:
+        return None
+    head, separator, tail = raw.partition(_SEPARATOR)
+    return StoredResult(pydantic_core.from_json(head), tail if separator else None)
+
+
+def read_stored(conn: redis.Redis, prefix: str, job_ids: Sequence[str]) -> list[StoredResult | None]:
+    """Return the stored result of each job, prediction JSON unparsed (None where there is none yet)."""
     if not job_ids:
         return []
-    raw = conn.mget([key(prefix, "result", j) for j in job_ids])
-    # pydantic-core's Rust parser: results are mostly long RLE integer lists, where it is many times
-    # faster than the json module.
-    return [pydantic_core.from_json(r) if r is not None else None for r in raw]
+    return [_decode(raw) for raw in conn.mget([key(prefix, "result", j) for j in job_ids])]
+
+
+def read_results(conn: redis.Redis, prefix: str, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+    """Return the stored result of each job as a dict (None where there is none yet)."""
+    return [r.parsed() if r is not None else None for r in read_stored(conn, prefix, job_ids)]
 
 
 def wait_for_results(
@@ -125,18 +167,18 @@ def wait_for_results(
     job_ids: Sequence[str],
     timeout_s: float,
     *,
-    known: list[dict[str, Any] | None] | None = None,
+    known: list[StoredResult | None] | None = None,
     poll_s: float = 0.02,
-) -> list[dict[str, Any] | None]:
+) -> list[StoredResult | None]:
     """Return the results of `job_ids`, waiting up to `timeout_s` for missing ones (None where still missing)."""
-    results = list(known) if known is not None else read_results(conn, prefix, job_ids)
+    results = list(known) if known is not None else read_stored(conn, prefix, job_ids)
     deadline = time.monotonic() + timeout_s
     delay = poll_s
     while any(r is None for r in results) and time.monotonic() < deadline:
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 1.5, 0.25)
         missing = [i for i, r in enumerate(results) if r is None]
-        for i, value in zip(missing, read_results(conn, prefix, [job_ids[i] for i in missing]), strict=True):
+        for i, value in zip(missing, read_stored(conn, prefix, [job_ids[i] for i in missing]), strict=True):
             results[i] = value
     return results
 
@@ -144,13 +186,13 @@ def wait_for_results(
 def store_result(conn: redis.Redis, prefix: str, job: str, result: dict[str, Any], ttl_s: int) -> bool:
     """Store a job's result; return whether an API request gave up on it (the worker must push it)."""
     with conn.pipeline(transaction=True) as pipe:
-        pipe.set(key(prefix, "result", job), pydantic_core.to_json(result), ex=ttl_s)
+        pipe.set(key(prefix, "result", job), _encode(result), ex=ttl_s)
         pipe.get(key(prefix, "push", job))
         _, push = pipe.execute()
     return push is not None
 
 
-def request_push(conn: redis.Redis, prefix: str, job: str, ttl_s: int) -> dict[str, Any] | None:
+def request_push(conn: redis.Redis, prefix: str, job: str, ttl_s: int) -> StoredResult | None:
     """Ask the worker to push the job's prediction; return the result instead if it just arrived."""
     with conn.pipeline(transaction=True) as pipe:
         pipe.set(key(prefix, "push", job), "1", ex=ttl_s)
@@ -159,7 +201,7 @@ def request_push(conn: redis.Redis, prefix: str, job: str, ttl_s: int) -> dict[s
     if raw is None:
         return None
     conn.delete(key(prefix, "push", job))
-    return pydantic_core.from_json(raw)
+    return _decode(raw)
 
 
 def job_status(conn: redis.Redis, prefix: str, job: str) -> dict[str, Any] | None:

