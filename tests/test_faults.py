@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -264,6 +265,93 @@ def test_redis_restart_mid_run_answers_503_then_completes(redis_server, tiny_vit
         assert result_count(conn, prefix) == len(tasks)
         assert worker.poll() is None
     finally:
+        if worker.poll() is None:
+            worker.terminate()
+            worker.wait(30)
+
+
+class RecordingLabelStudio:
+    """POST /api/predictions/ and GET /api/predictions/?task= on a fixed loopback port, recording bodies."""
+
+    def __init__(self, port: int) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs, urlsplit
+
+        self.predictions: list[dict] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _reply(self, status: int, body: object) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):  # noqa: N802 (http.server API)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                owner.predictions.append(body)
+                self._reply(201, {"id": len(owner.predictions), **body})
+
+            def do_GET(self):  # noqa: N802
+                task = int(parse_qs(urlsplit(self.path).query)["task"][0])
+                self._reply(200, [p for p in owner.predictions if p.get("task") == task])
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_label_studio_down_while_pushing_retries_until_it_returns(redis_server, tiny_vit_checkpoint, tmp_path):
+    from backend.settings import Settings
+    from tests.test_api import serve
+    from tests.test_worker import CONFIG
+
+    files = tmp_path / "files"
+    names = write_images(files, 12)
+    tasks = [{"id": 3000 + i, "data": {"image": f"/data/local-files/?d={name}"}} for i, name in enumerate(names)]
+    # Bound but not listening: connections are refused, and no other process can take the port meanwhile.
+    refusing = socket.socket()
+    refusing.bind(("127.0.0.1", 0))
+    port = refusing.getsockname()[1]
+    prefix = f"l{uuid.uuid4().hex[:8]}"
+    env = model_env(redis_server.url, prefix, tiny_vit_checkpoint, files, PREDICT_WAIT_S="0", JOB_RETRIES="0",
+                    LABEL_STUDIO_URL=f"http://127.0.0.1:{port}", LABEL_STUDIO_API_KEY="test-token")
+    settings = Settings.from_env(env)
+    conn = redis_server.client()
+    log_path = tmp_path / "worker.log"
+    worker = start_worker(env, log_path)
+    ls = None
+    try:
+        wait_for(lambda: rq_queue.worker_count(conn, prefix) or worker.poll() is not None, 120, "the worker")
+        assert worker.poll() is None, log_path.read_text()
+        with serve(settings) as client:
+            reply = client.post("/predict", json={"tasks": tasks, "label_config": CONFIG})
+        assert reply.status_code == 200
+        assert all(item.get("status") == "pending" for item in reply.json()["results"])
+        wait_for(lambda: log_path.read_text().count("failed (ConnectError); retry in") >= 2, 120,
+                 "the worker to retry pushes to the unreachable Label Studio")
+        refusing.close()
+        ls = RecordingLabelStudio(port)
+        wait_for(lambda: len({p["task"] for p in ls.predictions}) == len(tasks), 120,
+                 "every prediction to reach Label Studio once it is back", poll_s=0.2)
+        time.sleep(1)  # a doubled push would land now
+        per_task = Counter(p["task"] for p in ls.predictions)
+        assert set(per_task.values()) == {1}, per_task
+        assert "push to Label Studio failed" not in log_path.read_text()
+        assert all(p["result"] and p["model_version"].startswith("gem-labeler-gem-tiny-vit-") for p in ls.predictions)
+        assert result_count(conn, prefix) == len(tasks)
+    finally:
+        refusing.close()
+        if ls is not None:
+            ls.close()
         if worker.poll() is None:
             worker.terminate()
             worker.wait(30)
