@@ -85,6 +85,8 @@ class Vocabulary:
 
 def parse_label_config(config: str | None) -> Vocabulary:
     """Return the vocabulary of a label config; raise LabelConfigError naming what is missing."""
+    if config is not None and not isinstance(config, str):
+        raise LabelConfigError(f"the label config must be a string of XML, not {type(config).__name__}")
     if not config or not config.strip():
         raise LabelConfigError("the label config is empty: send the project's label_config")
     try:

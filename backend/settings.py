@@ -61,6 +61,8 @@ class Settings:
     port: int = _env("PORT", 9090, "port the API listens on")
     predict_wait_s: float = _env("PREDICT_WAIT_S", 30.0,
                                  "seconds /predict waits for results (Label Studio gives up after 100 s)")
+    max_request_bytes: int = _env("MAX_REQUEST_BYTES", 16 * 1024 * 1024,
+                                  "largest request body the API reads, in bytes (larger: 413)")
     basic_auth_user: str = _env("BASIC_AUTH_USER", "", "with BASIC_AUTH_PASS: HTTP basic auth on every route")
     basic_auth_pass: str = _env("BASIC_AUTH_PASS", "", "password for BASIC_AUTH_USER")
     # Label Studio and images
@@ -110,7 +112,7 @@ class Settings:
             raise SettingsError(f"PRECISION must be fp32, fp16 or bf16, not {self.precision!r}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
-        for name in ("result_ttl_s", "error_ttl_s", "job_timeout_s", "worker_batch_size", "port"):
+        for name in ("result_ttl_s", "error_ttl_s", "job_timeout_s", "worker_batch_size", "port", "max_request_bytes"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{env_name(name)} must be positive, not {getattr(self, name)}")
         if self.predict_wait_s < 0:
