@@ -272,3 +272,12 @@ def test_ctrl_c_leaves_jobs_queued_and_a_rerun_finishes_them(project_env):
     # The rerun reused the queued jobs (same deterministic ids) instead of enqueueing new ones.
     finished = {rq_queue.key(project_env["prefix"], "result", j.decode()) for j in job_ids}
     assert all(conn.exists(k) for k in finished)
+
+
+def test_local_run_without_redis_url_uses_an_embedded_redis(project_env, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("REDIS_URL", "")
+    code, summary, text = prelabel(project_env, "--workers", "1", "--limit", "3", capsys=capsys)
+    assert code == 0, text
+    assert (summary["total"], summary["done"], summary["failed"]) == (3, 3, 0)
+    assert sorted(p["task"] for batch in project_env["fake"].posts() for p in batch) == [1, 2, 3]
+    assert (tmp_path / "data" / "redis.rdb").exists()  # the embedded Redis kept its data in DATA_DIR
