@@ -242,8 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, SettingsError, OptionsError, LabelConfigError, FileNotFoundError) as exc:
         print(f"gem-labeler prelabel: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # before the run proper (listing, loading): nothing was started, nothing is lost
-        print("gem-labeler prelabel: interrupted before any work started", file=sys.stderr)
+    except KeyboardInterrupt:  # outside the labeling loop (listing tasks, loading): state on disk stays valid
+        print("gem-labeler prelabel: interrupted; run the same command again to continue", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(summary.render(what=what))
     if args.json:
