@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -425,6 +426,7 @@ def run_folder(run: FolderRun, factory: LabelerFactory, *, run_key: str) -> Summ
 
     run.out.mkdir(parents=True, exist_ok=True)
     handled = 0
+    crash: Failure | None = None
     with StopRequest() as stop, Progress(len(jobs), desc="pre-labeling", enabled=run.progress) as progress:
         try:
             if jobs:
@@ -437,11 +439,13 @@ def run_folder(run: FolderRun, factory: LabelerFactory, *, run_key: str) -> Summ
                     summary.done += done
         except KeyboardInterrupt:
             stop.requested = True  # a second Ctrl-C: abandon running work, still write what is finished
+        except BrokenProcessPool as exc:  # a worker killed (out of memory, say): keep what is finished
+            crash = Failure("(worker process)", f"a worker process died, the rest is unfinished: {exc}")
     summary.interrupted = stop.requested
     listed = set(images)
     tasks, failures = build_import(state.load(), find_images(run.folder, exclude=run.out), run, run_key)
     write_json_atomic(run.out / IMPORT_FILE, tasks)
-    summary.failed = stat_failures + [f for f in failures if f.item in listed]
+    summary.failed = stat_failures + [f for f in failures if f.item in listed] + ([crash] if crash else [])
     write_json_atomic(run.out / FAILURES_FILE, [{"image": f.item, "reason": f.reason} for f in summary.failed])
     summary.pending = len(jobs) - handled
     summary.elapsed_s = time.monotonic() - started

@@ -244,3 +244,32 @@ def test_ctrl_c_stops_writes_the_import_file_and_a_rerun_continues(tmp_path, tin
     summary = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert (summary["skipped"], summary["done"]) == (first, count - first)
     assert len(json.loads((out / "tasks.json").read_text())) == count
+
+
+class DyingLabeler:
+    """A labeler whose process dies mid-batch, as one killed for memory would."""
+
+    run_key = "dying"
+    labels = ("cat",)
+
+    def label(self, jobs):
+        os._exit(3)
+
+
+class DyingFactory:
+    def __call__(self):
+        return DyingLabeler()
+
+
+def test_a_dead_worker_process_is_reported_and_the_import_file_still_written(tmp_path, dataset):
+    from backend.label_config import parse_label_config
+
+    folder, _ = dataset
+    out = tmp_path / "out"
+    run = bulk_folder.FolderRun(folder=folder, out=out, vocabulary=parse_label_config(CONFIG), workers=2,
+                                batch_size=1, progress=False)
+    summary = bulk_folder.run_folder(run, DyingFactory(), run_key="dying")
+    assert summary.exit_code == 1 and summary.done == 0 and summary.pending == 5
+    assert any(f.item == "(worker process)" and "died" in f.reason for f in summary.failed)
+    assert json.loads((out / "tasks.json").read_text()) == []
+    assert json.loads((out / "failures.json").read_text())[-1]["image"] == "(worker process)"
