@@ -34,6 +34,7 @@ from backend.settings import Settings
 log = logging.getLogger("gem_labeler.bulk")
 INTERRUPT_GRACE_S = 10.0
 NO_WORKER_HINT_S = 15.0
+REAP_EVERY_S = 5.0  # how often outstanding jobs are checked for having been lost
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,7 @@ def run_project(
     hinted = False
     idle_since = time.monotonic()
     grace_until: float | None = None
+    reaped_at = time.monotonic()
     try:
         with StopRequest() as stop, Progress(len(todo), desc=f"project {project}", enabled=run.progress) as bar:
             try:
@@ -242,6 +244,9 @@ def run_project(
                     ):
                         break
                     workers.poll()
+                    if outstanding and time.monotonic() - reaped_at > REAP_EVERY_S:
+                        _reap_lost(conn, prefix, outstanding, summary, bar)
+                        reaped_at = time.monotonic()
                     if not hinted and time.monotonic() - idle_since > NO_WORKER_HINT_S:
                         hinted = _hint_if_no_workers(conn, prefix)
                     time.sleep(run.poll_s)
@@ -277,6 +282,26 @@ def _collect(
         else:
             to_push.append({**result["prediction"], "task": task_id})
     return finished
+
+
+def _reap_lost(conn: Any, prefix: str, outstanding: dict[str, Any], summary: Summary, bar: Progress) -> None:
+    """Fail outstanding jobs that can no longer deliver: gone from Redis, or dead without a stored result."""
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    idents = list(outstanding)
+    jobs = Job.fetch_many(idents, connection=conn, serializer=JSONSerializer)
+    suspects = {}
+    for ident, job in zip(idents, jobs, strict=True):
+        if job is None:
+            suspects[ident] = "its job disappeared from Redis (expired or deleted); run again to recompute"
+        elif job.get_status(refresh=False) in rq_queue.DEAD_STATUSES:
+            suspects[ident] = f"its job ended {job.get_status(refresh=False)} without a result (worker killed?)"
+    # A result may have been stored between the two reads: only what is still missing is lost.
+    for ident, result in zip(suspects, rq_queue.read_results(conn, prefix, list(suspects)), strict=True):
+        if result is None:
+            summary.failed.append(Failure(str(outstanding.pop(ident)), suspects[ident]))
+            bar.advance(failed=1)
 
 
 def _push(client: LabelStudioClient, run: ProjectRun, to_push: list[dict[str, Any]], summary: Summary,

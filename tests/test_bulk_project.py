@@ -281,3 +281,28 @@ def test_local_run_without_redis_url_uses_an_embedded_redis(project_env, capsys,
     assert (summary["total"], summary["done"], summary["failed"]) == (3, 3, 0)
     assert sorted(p["task"] for batch in project_env["fake"].posts() for p in batch) == [1, 2, 3]
     assert (tmp_path / "data" / "redis.rdb").exists()  # the embedded Redis kept its data in DATA_DIR
+
+
+def test_lost_jobs_are_reported_instead_of_waited_on_forever(project_env, capsys):
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    conn = redis.Redis.from_url(project_env["redis_url"])
+    queue_key = f"rq:queue:{rq_queue.queue_name(project_env['prefix'], 'batch')}"
+    outcome: dict = {}
+    # No worker listens; in a thread (no signal handler there) the command waits for its 8 jobs.
+    runner = threading.Thread(target=lambda: outcome.update(code=bulk.main(
+        ["--project", str(PROJECT), "--url", project_env["fake"].url, "--api-key", TOKEN, "--json", "--no-progress"])))
+    runner.start()
+    deadline = time.monotonic() + 60
+    while conn.llen(queue_key) < 8:
+        assert time.monotonic() < deadline and runner.is_alive(), "jobs were not enqueued"
+        time.sleep(0.05)
+    for ident in conn.lrange(queue_key, 0, -1):
+        Job.fetch(ident.decode(), connection=conn, serializer=JSONSerializer).delete()  # lost, say by a FLUSHDB
+    runner.join(timeout=60)
+    assert not runner.is_alive(), "the command kept waiting for jobs that no longer exist"
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert outcome["code"] == 1
+    assert (summary["failed"], summary["pending"], summary["done"]) == (9, 0, 0)
+    assert sum("disappeared" in f["reason"] for f in summary["failures"]) == 8
