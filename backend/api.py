@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import time
 from typing import Any
@@ -35,6 +36,7 @@ log = logging.getLogger("gem_labeler.api")
 MODEL_CLASS = "GemLabeler"
 PROJECT_TTL_S = 90 * 86400
 ANNOTATION_EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class _Redis:
@@ -235,7 +237,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/jobs/{ident}")
     def job(ident: str) -> dict[str, Any]:
-        info = rq_queue.job_status(clients.main(), prefix, ident)
+        # RQ raises on ids outside [A-Za-z0-9_-]; no job can have one, so it is simply unknown.
+        info = rq_queue.job_status(clients.main(), prefix, ident) if _JOB_ID.fullmatch(ident) else None
         if info is None:
             raise HTTPException(404, f"no job {ident!r} (unknown, or its result expired after RESULT_TTL_S)")
         return info
