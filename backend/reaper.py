@@ -128,5 +128,7 @@ class Heartbeat:
                     reap(self.conn, self.prefix)
             except redis.RedisError as exc:  # Redis down: keep trying; the worker loop reports it
                 log.debug("heartbeat: %s", exc)
+            except Exception:  # a dead heartbeat would get this live worker's jobs reaped: never stop beating
+                log.exception("heartbeat: reaping failed")
             self._stop.wait(BEAT_S)
             since_reap += BEAT_S
