@@ -355,3 +355,35 @@ def test_label_studio_down_while_pushing_retries_until_it_returns(redis_server, 
         if worker.poll() is None:
             worker.terminate()
             worker.wait(30)
+
+
+def test_reaper_frees_dead_claims_and_requeues_stranded_jobs_once(redis_server):
+    """The reaper's rules on their own: dead holders lose claims, live ones keep them; limbo jobs go back once."""
+    from backend import reaper
+    from backend.settings import Settings
+
+    conn = redis_server.client()
+    prefix = f"p{uuid.uuid4().hex[:8]}"
+    settings = Settings.from_env({"REDIS_URL": redis_server.url, "QUEUE_PREFIX": prefix, "JOB_RETRIES": "0"})
+    reaper.mark_alive(conn, prefix, "live-worker")
+    conn.set(rq_queue.key(prefix, "claim", "job-a"), "dead-worker")
+    conn.set(rq_queue.key(prefix, "claim", "job-b"), "live-worker")
+    payload = {"job_id": f"{prefix}-stranded", "prefix": prefix, "task_id": 1, "project": "1"}
+    assert rq_queue.enqueue(conn, settings, payload, interactive=False) == "enqueued"
+    batch = rq_queue.get_queues(conn, prefix)[1]
+    # What a worker's dequeue does before it starts the job: queue -> intermediate list.
+    assert conn.lmove(batch.key, batch.intermediate_queue.key, "LEFT", "RIGHT") == payload["job_id"].encode()
+    assert batch.count == 0
+
+    assert reaper.reap(conn, prefix) == []  # first sighting: a live worker may be about to start it
+    assert not conn.exists(rq_queue.key(prefix, "claim", "job-a"))
+    assert conn.get(rq_queue.key(prefix, "claim", "job-b")) == b"live-worker"
+    assert reaper.reap(conn, prefix) == [payload["job_id"]]
+    assert reaper.reap(conn, prefix) == []
+    assert batch.get_job_ids() == [payload["job_id"]] and conn.llen(batch.intermediate_queue.key) == 0
+    assert Job.fetch(payload["job_id"], connection=conn, serializer=JSONSerializer).get_status() == "queued"
+
+    heartbeat = reaper.Heartbeat(conn, prefix, "beating").start()
+    assert conn.ttl(reaper.alive_key(prefix, "beating")) > 0
+    heartbeat.stop()
+    assert not conn.exists(reaper.alive_key(prefix, "beating"))
