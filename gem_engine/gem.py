@@ -107,18 +107,19 @@ def position_embedding(visual: VisionTransformer, grid: tuple[int, int], dtype: 
     if cached is not None:
         return cached
     native = tuple(visual.grid_size)
-    if tuple(grid) == native:
-        result = pos.unsqueeze(0)
-    else:
-        prefix, patches = pos[:1], pos[1:]
-        side = int(round((pos.shape[0] - 1) ** 0.5))
-        patches = patches.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        with torch.no_grad():
+    # A normal (not inference-mode) tensor, so that a cached entry also serves callers needing autograd.
+    with torch.inference_mode(False), torch.no_grad():
+        if tuple(grid) == native:
+            result = pos.unsqueeze(0)
+        else:
+            prefix, patches = pos[:1], pos[1:]
+            side = int(round((pos.shape[0] - 1) ** 0.5))
+            patches = patches.reshape(1, side, side, -1).permute(0, 3, 1, 2)
             patches = F.interpolate(patches.float(), size=grid, mode="bicubic", antialias=True,
                                     align_corners=False).to(pos.dtype)
-        patches = patches.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
-        result = torch.cat([prefix, patches]).unsqueeze(0)
-    result = result.detach().to(dtype)
+            patches = patches.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
+            result = torch.cat([prefix, patches]).unsqueeze(0)
+        result = result.detach().to(dtype).clone()
     with _POS_LOCK:
         _POS_CACHE[visual][key] = result
     return result

@@ -110,3 +110,13 @@ def test_each_image_is_independent_of_its_batch(tiny_vit):
         batched = run_streams(tiny_vit.visual, pixels, GemOptions(blocks=3)).gem
         alone = run_streams(tiny_vit.visual, pixels[1:2], GemOptions(blocks=3)).gem
     torch.testing.assert_close(batched[1:2], alone, atol=1e-5, rtol=0)
+
+
+def test_cached_position_embedding_serves_autograd_callers(tiny_vit):
+    visual = tiny_vit.visual
+    with torch.inference_mode():
+        run_streams(visual, torch.randn(1, 3, 48, 80), GemOptions(blocks=2))
+    pixels = torch.randn(1, 3, 48, 80, requires_grad=True)
+    out = run_streams(visual, pixels, GemOptions(blocks=2))
+    out.gem[:, 1:].sum().backward()
+    assert pixels.grad is not None and torch.isfinite(pixels.grad).all()
