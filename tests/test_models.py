@@ -99,3 +99,12 @@ def test_resnet_asked_for_gem_names_supported_methods(tiny_resnet):
     for method in ("gem", "patch", "qk", "vv"):
         with pytest.raises(UnsupportedModelError, match="gradcam"):
             HeatmapEngine(loaded, method=method)
+
+
+def test_loads_safetensors_checkpoint(tiny_vit, tiny_vit_checkpoint, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "tiny-vit.safetensors"
+    save_file({key: value.contiguous() for key, value in tiny_vit.state_dict().items()}, str(path))
+    loaded = load_model("tiny-vit", str(path), config_path=tiny_vit_checkpoint["model_config"], device="cpu")
+    assert torch.equal(loaded.model.visual.proj, tiny_vit.visual.proj)
