@@ -155,15 +155,19 @@ def _hook_counts(model: torch.nn.Module) -> list[tuple[int, int, int]]:
 
 
 def test_model_is_left_untouched(tiny_vit):
-    before_state = {name: value.clone() for name, value in tiny_vit.state_dict().items()}
-    before_hooks = _hook_counts(tiny_vit)
-    before_flags = [p.requires_grad for p in tiny_vit.parameters()]
-    gradcam_maps(tiny_vit, _pixels(1), _texts(3), chunk_size=2)
-    assert _hook_counts(tiny_vit) == before_hooks
-    assert all(p.grad is None for p in tiny_vit.parameters())
-    assert [p.requires_grad for p in tiny_vit.parameters()] == before_flags
-    assert not tiny_vit.training
-    for name, value in tiny_vit.state_dict().items():
+    # A private copy: the session fixture may carry .grad left by the pytorch-grad-cam oracle.
+    model = copy.deepcopy(tiny_vit)
+    for param in model.parameters():
+        param.grad = None
+    before_state = {name: value.clone() for name, value in model.state_dict().items()}
+    before_hooks = _hook_counts(model)
+    before_flags = [p.requires_grad for p in model.parameters()]
+    gradcam_maps(model, _pixels(1), _texts(3), chunk_size=2)
+    assert _hook_counts(model) == before_hooks
+    assert all(p.grad is None for p in model.parameters())
+    assert [p.requires_grad for p in model.parameters()] == before_flags
+    assert not model.training
+    for name, value in model.state_dict().items():
         assert torch.equal(value, before_state[name]), name
 
 
