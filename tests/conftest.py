@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
-import time
-from pathlib import Path
 
-import pytest
-
-from tests import tiny_models
-
+# Before anything imports huggingface_hub (open_clip does): an accidental download must fail loudly.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from tests import tiny_models  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -51,3 +51,9 @@ def test_no_network_in_tests():
 
     with pytest.raises(pytest_socket.SocketConnectBlockedError):
         socket.create_connection(("203.0.113.1", 80), timeout=1)
+
+
+def test_hugging_face_hub_is_offline():
+    import huggingface_hub.constants
+
+    assert huggingface_hub.constants.HF_HUB_OFFLINE, "conftest must set HF_HUB_OFFLINE before any import"
