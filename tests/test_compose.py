@@ -84,3 +84,16 @@ def test_dockerfile_runs_the_cli():
     for name in re.findall(r"^\s+([A-Z_]+)=", text, flags=re.M):
         assert name in SETTING_NAMES | LIBRARY_VARS | {"PYTHONUNBUFFERED", "PIP_NO_CACHE_DIR",
                                                        "PIP_DISABLE_PIP_VERSION_CHECK"}, name
+
+
+def test_cpu_override_drops_the_gpu_reservation_and_sets_cpu_settings(compose):
+    class ComposeLoader(yaml.SafeLoader):
+        """YAML loader that knows compose's `!reset` merge tag."""
+
+    ComposeLoader.add_constructor("!reset", lambda loader, node: "!reset")
+    override = yaml.load((ROOT / "docker-compose.cpu.yml").read_text(), Loader=ComposeLoader)
+    assert set(override["services"]) <= set(compose["services"])
+    worker = override["services"]["worker"]
+    assert worker["deploy"] == "!reset"
+    settings = Settings.from_env(worker["environment"])
+    assert (settings.device, settings.precision) == ("cpu", "fp32")
