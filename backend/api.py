@@ -189,6 +189,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise _bad_request("'tasks' must be a list of Label Studio tasks")
         params = body.get("params") or {}
         context = params.get("context") if isinstance(params, dict) else None
+        if isinstance(context, dict) and context.get("result") is not None and not isinstance(context["result"], list):
+            raise _bad_request("'params.context.result' must be a list of Label Studio results")
         interactive = bool(context and isinstance(context, dict) and context.get("result"))
         project = project_id(body.get("project"))
         extra, stored_config = project_state(project)
@@ -221,6 +223,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         project = project_id(project_obj)
         if action == "TASKS_CREATED":
             tasks = body.get("tasks") or []
+            if not isinstance(tasks, list):
+                raise _bad_request("webhook 'tasks' must be a list of Label Studio tasks")
             config = project_obj.get("label_config") if isinstance(project_obj, dict) else None
             background.add_task(_prelabel_created, clients.main(), settings, project, tasks, config)
             return {"status": "accepted", "tasks": len(tasks)}

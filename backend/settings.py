@@ -70,6 +70,11 @@ class Settings:
                                  "Label Studio base URL, for uploads, presigned cloud URLs and pushing late predictions")
     label_studio_api_key: str = _env("LABEL_STUDIO_API_KEY", "",
                                      "Label Studio legacy token or personal access token")
+    push_max_age_s: int = _env("PUSH_MAX_AGE_S", 86400,
+                               "seconds a failed push to Label Studio is retried from the Redis outbox before it is "
+                               "dropped (logged; the prediction stays in Redis)")
+    push_backoff_s: float = _env("PUSH_BACKOFF_S", 30.0,
+                                 "seconds before the first outbox retry of a failed push; doubles up to an hour")
     local_files_document_root: str = _env("LOCAL_FILES_DOCUMENT_ROOT", "",
                                           "folder served as `/data/local-files/?d=...` (same as Label Studio's)")
     allowed_image_hosts: tuple[str, ...] = _env("ALLOWED_IMAGE_HOSTS", (),
@@ -112,7 +117,8 @@ class Settings:
             raise SettingsError(f"PRECISION must be fp32, fp16 or bf16, not {self.precision!r}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
-        for name in ("result_ttl_s", "error_ttl_s", "job_timeout_s", "worker_batch_size", "port", "max_request_bytes"):
+        for name in ("result_ttl_s", "error_ttl_s", "job_timeout_s", "worker_batch_size", "port", "max_request_bytes",
+                     "push_max_age_s", "push_backoff_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{env_name(name)} must be positive, not {getattr(self, name)}")
         if self.predict_wait_s < 0:

@@ -20,8 +20,10 @@ from rq import SimpleWorker, get_current_job
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from backend import outbox
 from backend import queue as rq_queue
 from backend.jobs import ProjectOptions
+from backend.ls_client import LabelStudioError
 from backend.pipeline import EngineCache, TaskOutcome, predict_payloads
 from backend.reaper import Heartbeat
 from backend.settings import Settings
@@ -108,20 +110,32 @@ def _store(conn: redis.Redis, payload: dict[str, Any], outcome: TaskOutcome, st:
     push = rq_queue.store_result(conn, prefix, ident, result, st.settings.result_ttl_s)
     log.info("task %s job %s: stored %d region(s)%s", task_id, ident, outcome.regions, ", pushing" if push else "")
     if push:
-        _push(payload, outcome.prediction, st)
-        conn.delete(rq_queue.key(prefix, "push", ident))
+        if _push(conn, payload, outcome.prediction, st):
+            conn.delete(rq_queue.key(prefix, "push", ident))
 
 
-def _push(payload: dict[str, Any], prediction: dict[str, Any] | None, st: _State) -> None:
+def _push(conn: redis.Redis, payload: dict[str, Any], prediction: dict[str, Any] | None, st: _State) -> bool:
+    """Push a late prediction now or queue it in the outbox; return whether the push is settled here."""
     client = st.ls_client()
-    task_id = payload.get("task_id")
+    task_id, ident = payload.get("task_id"), payload["job_id"]
     if client is None or prediction is None or task_id is None:
-        return
+        return True
+    if outbox.pending(conn, st.settings.queue_prefix):
+        # Pushes already wait: Label Studio is probably down, and the worker must not stall on it.
+        outbox.add(conn, st.settings, ident, int(task_id), delay_s=0)
+        log.info("task %s job %s: push queued in the outbox behind earlier ones", task_id, ident)
+        return False
     try:
         client.create_prediction(int(task_id), prediction)
-        log.info("task %s job %s: prediction pushed to Label Studio", task_id, payload["job_id"])
-    except Exception as exc:  # the result stays stored: the next /predict returns it
-        log.error("task %s job %s: push to Label Studio failed: %s", task_id, payload["job_id"], exc)
+        log.info("task %s job %s: prediction pushed to Label Studio", task_id, ident)
+        return True
+    except Exception as exc:  # the result stays stored: the outbox retries it, or the next /predict returns it
+        if isinstance(exc, LabelStudioError) and not outbox.retry_later(exc):
+            log.error("task %s job %s: push to Label Studio refused, not retried: %s", task_id, ident, exc)
+            return True
+        outbox.add(conn, st.settings, ident, int(task_id), delay_s=st.settings.push_backoff_s)
+        log.warning("task %s job %s: push to Label Studio failed (%s); queued in the outbox", task_id, ident, exc)
+        return False
 
 
 def _claim(conn: redis.Redis, prefix: str, ident: str, ttl_s: int) -> bool:
@@ -205,6 +219,7 @@ def main(settings: Settings, *, burst: bool = False) -> int:
         worker = SimpleWorker(queues, connection=conn, serializer=JSONSerializer)
         _HOLDER = worker.name
         heartbeat = Heartbeat(conn, settings.queue_prefix, worker.name).start()
+        pusher = outbox.OutboxLoop(conn, settings).start() if settings.can_push else None
         log.info("worker %s listening on %s", worker.name, ", ".join(q.name for q in queues))
         try:
             worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
@@ -212,6 +227,8 @@ def main(settings: Settings, *, burst: bool = False) -> int:
             log.error("%s", rq_queue.describe_error(settings.redis_url, exc))
         finally:
             heartbeat.stop()
+            if pusher is not None:
+                pusher.stop()
         if burst or worker._stop_requested or worker._shutdown_requested_date is not None:
             return 0  # finished, or asked to stop (SIGTERM / Ctrl-C)
         # RQ's loop quits on an error outside a job, such as Redis going away between two jobs; the

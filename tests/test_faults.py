@@ -278,6 +278,8 @@ class RecordingLabelStudio:
         from urllib.parse import parse_qs, urlsplit
 
         self.predictions: list[dict] = []
+        self.posts = 0
+        self.post_status = 201  # another status: every POST is refused with it and nothing is stored
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -291,6 +293,10 @@ class RecordingLabelStudio:
 
             def do_POST(self):  # noqa: N802 (http.server API)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                owner.posts += 1
+                if owner.post_status != 201:
+                    self._reply(owner.post_status, {"detail": "Not found."})
+                    return
                 owner.predictions.append(body)
                 self._reply(201, {"id": len(owner.predictions), **body})
 
@@ -309,7 +315,11 @@ class RecordingLabelStudio:
         self.server.server_close()
 
 
-def test_label_studio_down_while_pushing_retries_until_it_returns(redis_server, tiny_vit_checkpoint, tmp_path):
+def test_label_studio_down_longer_than_client_retries_outbox_delivers_each_once(
+    redis_server, tiny_vit_checkpoint, tmp_path
+):
+    """Label Studio refuses connections past the client's retry window: the outbox pushes every one once."""
+    from backend import outbox
     from backend.settings import Settings
     from tests.test_api import serve
     from tests.test_worker import CONFIG
@@ -323,7 +333,8 @@ def test_label_studio_down_while_pushing_retries_until_it_returns(redis_server, 
     port = refusing.getsockname()[1]
     prefix = f"l{uuid.uuid4().hex[:8]}"
     env = model_env(redis_server.url, prefix, tiny_vit_checkpoint, files, PREDICT_WAIT_S="0", JOB_RETRIES="0",
-                    LABEL_STUDIO_URL=f"http://127.0.0.1:{port}", LABEL_STUDIO_API_KEY="test-token")
+                    LABEL_STUDIO_URL=f"http://127.0.0.1:{port}", LABEL_STUDIO_API_KEY="test-token",
+                    PUSH_BACKOFF_S="0.5")
     settings = Settings.from_env(env)
     conn = redis_server.client()
     log_path = tmp_path / "worker.log"
@@ -338,6 +349,10 @@ def test_label_studio_down_while_pushing_retries_until_it_returns(redis_server, 
         assert all(item.get("status") == "pending" for item in reply.json()["results"])
         wait_for(lambda: log_path.read_text().count("failed (ConnectError); retry in") >= 2, 120,
                  "the worker to retry pushes to the unreachable Label Studio")
+        # Past the client's own retries: every push waits in the outbox, and its loop has failed again.
+        wait_for(lambda: outbox.pending(conn, prefix) == len(tasks), 60, "every push to wait in the outbox")
+        wait_for(lambda: "from the outbox failed" in log_path.read_text(), 30, "an outbox retry to fail")
+        assert "queued in the outbox" in log_path.read_text()
         refusing.close()
         ls = RecordingLabelStudio(port)
         wait_for(lambda: len({p["task"] for p in ls.predictions}) == len(tasks), 120,
@@ -345,7 +360,8 @@ def test_label_studio_down_while_pushing_retries_until_it_returns(redis_server, 
         time.sleep(1)  # a doubled push would land now
         per_task = Counter(p["task"] for p in ls.predictions)
         assert set(per_task.values()) == {1}, per_task
-        assert "push to Label Studio failed" not in log_path.read_text()
+        assert "dropped" not in log_path.read_text()
+        assert outbox.pending(conn, prefix) == 0 and not conn.exists(outbox.entries_key(prefix))
         assert all(p["result"] and p["model_version"].startswith("gem-labeler-gem-tiny-vit-") for p in ls.predictions)
         assert result_count(conn, prefix) == len(tasks)
     finally:
@@ -387,3 +403,112 @@ def test_reaper_frees_dead_claims_and_requeues_stranded_jobs_once(redis_server):
     assert conn.ttl(reaper.alive_key(prefix, "beating")) > 0
     heartbeat.stop()
     assert not conn.exists(reaper.alive_key(prefix, "beating"))
+
+
+def _outbox_settings(redis_server, port: int, **extra: str):
+    from backend.settings import Settings
+
+    return Settings.from_env({"REDIS_URL": redis_server.url, "QUEUE_PREFIX": f"o{uuid.uuid4().hex[:8]}",
+                              "LABEL_STUDIO_URL": f"http://127.0.0.1:{port}", "LABEL_STUDIO_API_KEY": "test-token",
+                              "PUSH_BACKOFF_S": "0.1", **extra})
+
+
+def _queue_push(conn, settings, job_id: str, task_id: int) -> dict:
+    from backend import outbox
+
+    prediction = {"result": [{"type": "brushlabels", "value": {"rle": [1, 2]}}], "model_version": "v1", "score": 0.5}
+    rq_queue.store_result(conn, settings.queue_prefix, job_id, {"task_id": task_id, "prediction": prediction}, 600)
+    outbox.add(conn, settings, job_id, task_id, delay_s=0)
+    return prediction
+
+
+def test_outbox_drops_a_push_label_studio_refuses_for_good(redis_server, caplog):
+    """A 404 (task deleted) is logged and leaves the outbox at once; it is never tried again."""
+    from backend import outbox
+
+    ls = RecordingLabelStudio(free_port())
+    ls.post_status = 404
+    try:
+        settings = _outbox_settings(redis_server, ls.server.server_address[1])
+        conn = redis_server.client()
+        _queue_push(conn, settings, "job-deleted", 77)
+        client = outbox.outbox_client(settings)
+        with caplog.at_level("ERROR", logger="gem_labeler.outbox"):
+            assert outbox.drain(conn, settings, client) == {"dropped": 1}
+        assert ls.posts == 1 and ls.predictions == []
+        assert outbox.pending(conn, settings.queue_prefix) == 0 and not conn.exists(outbox.entries_key(settings.queue_prefix))
+        assert any("task 77 job job-deleted: push to Label Studio dropped" in r.message and "404" in r.message
+                   for r in caplog.records), caplog.text
+        assert outbox.drain(conn, settings, client) == {}
+        assert ls.posts == 1
+        # The prediction itself is kept: the next /predict for the task still returns it.
+        assert rq_queue.read_results(conn, settings.queue_prefix, ["job-deleted"])[0]["prediction"]
+    finally:
+        ls.close()
+
+
+def test_outbox_retries_with_backoff_skips_what_label_studio_holds_and_expires(redis_server, caplog):
+    from backend import outbox
+
+    refusing = socket.socket()
+    refusing.bind(("127.0.0.1", 0))
+    port = refusing.getsockname()[1]
+    ls = None
+    try:
+        settings = _outbox_settings(redis_server, port, PUSH_MAX_AGE_S="30")
+        prefix = settings.queue_prefix
+        conn = redis_server.client()
+        client = outbox.outbox_client(settings)
+        prediction = _queue_push(conn, settings, "job-a", 5)
+        _queue_push(conn, settings, "job-b", 6)
+        assert outbox.drain(conn, settings, client) == {"retry": 2}
+        assert outbox.drain(conn, settings, client) == {}  # not due before its backoff
+        scores = dict(conn.zrange(outbox.due_key(prefix), 0, -1, withscores=True))
+        assert all(0 < score - time.time() <= 0.1 for score in scores.values()), scores
+        # The result's TTL is stretched so the prediction outlives the outbox's patience.
+        assert conn.ttl(rq_queue.key(prefix, "result", "job-a")) > settings.push_max_age_s
+        refusing.close()
+        ls = RecordingLabelStudio(port)
+        ls.predictions.append({**prediction, "task": 5})  # an earlier attempt landed unanswered
+        time.sleep(0.15)
+        assert outbox.drain(conn, settings, client) == {"present": 1, "pushed": 1}
+        assert ls.posts == 1 and [p["task"] for p in ls.predictions] == [5, 6]
+        # An entry older than PUSH_MAX_AGE_S is dropped without another attempt.
+        _queue_push(conn, settings, "job-old", 8)
+        entry = json.loads(conn.hget(outbox.entries_key(prefix), "job-old"))
+        conn.hset(outbox.entries_key(prefix), "job-old", json.dumps({**entry, "since": time.time() - 31}))
+        with caplog.at_level("ERROR", logger="gem_labeler.outbox"):
+            assert outbox.drain(conn, settings, client) == {"dropped": 1}
+        assert ls.posts == 1 and "PUSH_MAX_AGE_S=30" in caplog.text
+    finally:
+        refusing.close()
+        if ls is not None:
+            ls.close()
+
+
+def test_outbox_claims_are_exclusive_and_come_back_after_the_lease(redis_server):
+    from backend import outbox
+
+    settings = _outbox_settings(redis_server, free_port())
+    prefix = settings.queue_prefix
+    conn = redis_server.client()
+    jobs = [f"job-{i}" for i in range(60)]
+    for i, job in enumerate(jobs):
+        outbox.add(conn, settings, job, i, delay_s=0)
+    taken: list[list[str]] = [[], []]
+
+    def grab(slot: int) -> None:
+        own = redis_server.client()
+        while claimed := outbox.claim(own, prefix, limit=1):
+            taken[slot] += claimed
+
+    threads = [threading.Thread(target=grab, args=(slot,)) for slot in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not set(taken[0]) & set(taken[1])
+    assert sorted(taken[0] + taken[1]) == sorted(jobs)
+    assert outbox.claim(conn, prefix, now=time.time() + 10, limit=100) == []
+    # A holder that died mid-push: its entries are due again once the lease has run out.
+    assert sorted(outbox.claim(conn, prefix, now=time.time() + outbox.LEASE_S + 1, limit=100)) == sorted(jobs)
