@@ -207,9 +207,10 @@ class OutboxLoop:
         return self
 
     def stop(self) -> None:
-        """Stop after the current attempt (claimed entries come back after their lease if it is cut off)."""
+        """Stop the loop; a push still under way is abandoned (a daemon thread), its entry back after LEASE_S."""
         self._stop.set()
-        self._thread.join(CLIENT_TIMEOUT_S * 2 + 5)
+        # Short, so SIGTERM (docker stop gives 10 s) never waits on a hanging Label Studio.
+        self._thread.join(5)
 
     def _run(self) -> None:
         while not self._stop.is_set():
