@@ -136,18 +136,39 @@ def embed_tokens(visual: VisionTransformer, pixels: torch.Tensor) -> tuple[torch
     return visual.ln_pre(x), grid
 
 
+def residual_linear(x: torch.Tensor, linear: torch.nn.Linear, scale: torch.nn.Module, h: torch.Tensor, *,
+                    alpha: float = 1.0) -> torch.Tensor:
+    """Return x + scale(linear(alpha * h)) as a new tensor, x left untouched.
+
+    Without layer scale, the bias and residual are added in one pass and the matrix product
+    accumulates into that result in place, instead of copying the bias into the product and adding
+    the residual in two more passes.
+    """
+    if not isinstance(scale, torch.nn.Identity):
+        return x + scale(linear(h * alpha if alpha != 1.0 else h))
+    out = x + linear.bias if linear.bias is not None else x.clone()
+    out.view(-1, out.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), linear.weight.t(), alpha=alpha)
+    return out
+
+
+def mlp_residual(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Return x + ls_2(mlp(ln_2(x))), the last projection accumulated into the residual."""
+    mlp = block.mlp
+    if isinstance(mlp, torch.nn.Sequential) and isinstance(mlp[-1], torch.nn.Linear):
+        return residual_linear(x, mlp[-1], block.ls_2, mlp[:-1](block.ln_2(x)))
+    return x + block.ls_2(mlp(block.ln_2(x)))
+
+
 def original_block(block: torch.nn.Module, weights: BlockWeights, x: torch.Tensor, qkv: torch.Tensor, *,
                    mlp: bool = True) -> torch.Tensor:
     """Return the unmodified block's output, reusing the q/k/v already projected for GEM."""
     attended = merge_heads(F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2]))
-    x = x + weights.ls_1(weights.out_proj(attended))
-    if mlp:
-        x = x + block.ls_2(block.mlp(block.ln_2(x)))
-    return x
+    x = residual_linear(x, weights.out_proj, weights.ls_1, attended)
+    return mlp_residual(block, x) if mlp else x
 
 
 def self_self_attention(qkv: torch.Tensor, normed: torch.Tensor, options: GemOptions) -> torch.Tensor:
-    """Return the GEM branch output [B, heads, N, head_dim] before out_proj: mean over p in q,k,v.
+    """Return the GEM branch outputs [3, B, heads, N, head_dim] before out_proj, one per p in q,k,v.
 
     For each p: Zn = normalize(p); n times Z = softmax(s Zn Zn^T) Zn; then softmax(s Zn Zn^T) @ v.
     The three streams run as one batched fused attention, with s folded into the queries.
@@ -160,16 +181,33 @@ def self_self_attention(qkv: torch.Tensor, normed: torch.Tensor, options: GemOpt
         inv_temp = inv_temp.view(1, batch, 1, 1, 1)
     else:
         inv_temp = torch.tensor(options.temperature, dtype=q.dtype, device=q.device)
+    scale = None
+    if inv_temp.numel() == 1 and not inv_temp.requires_grad and (
+        options.temperature is not None or inv_temp.device.type == "cpu"
+    ):
+        # One temperature for the whole batch: SDPA applies it, saving a scaled copy of the queries
+        # (not where gradients flow through it, nor where reading it would stall a GPU).
+        scale = float(inv_temp)
+
+    def attend(zn: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        queries = zn if scale is not None else zn * inv_temp
+        return F.scaled_dot_product_attention(queries.flatten(0, 1), zn.flatten(0, 1), values.flatten(0, 1),
+                                              scale=1.0 if scale is None else scale).view_as(zn)
+
     z = qkv
     for _ in range(options.iterations):
         zn = F.normalize(z, dim=-1)
-        z = F.scaled_dot_product_attention((zn * inv_temp).flatten(0, 1), zn.flatten(0, 1), zn.flatten(0, 1),
-                                           scale=1.0).view_as(zn)
-    zn = F.normalize(z, dim=-1)
-    values = v.unsqueeze(0).expand(3, -1, -1, -1, -1)
-    out = F.scaled_dot_product_attention((zn * inv_temp).flatten(0, 1), zn.flatten(0, 1), values.flatten(0, 1),
-                                         scale=1.0).view_as(zn)
-    return out.mean(dim=0)
+        z = attend(zn, zn)
+    return attend(F.normalize(z, dim=-1), v.unsqueeze(0).expand(3, -1, -1, -1, -1))
+
+
+def gem_residual(gem_x: torch.Tensor, weights: BlockWeights, outs: torch.Tensor) -> torch.Tensor:
+    """Return gem_x + ls_1(out_proj(mean of the three self-self outputs)), heads merged in the same pass."""
+    streams, batch, heads, tokens, dim = outs.shape
+    # At batch 1 SDPA's output keeps the queries' token-major layout, so the reshape is a view and the
+    # sum is the one pass that both averages the streams and merges the heads; 1/3 rides on the GEMM.
+    merged = outs.transpose(2, 3).reshape(streams, batch, tokens, heads * dim).sum(dim=0)
+    return residual_linear(gem_x, weights.out_proj, weights.ls_1, merged, alpha=1.0 / streams)
 
 
 def plain_block(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -225,8 +263,7 @@ def run_streams(visual: VisionTransformer, pixels: torch.Tensor, options: GemOpt
         if is_last and want_last_qkv:
             last_qkv = (qkv[0], qkv[1], qkv[2])
         if gem_x is not None and index >= len(blocks) - gem_blocks:
-            gem_out = self_self_attention(qkv, normed, options)
-            gem_x = gem_x + weights.ls_1(weights.out_proj(merge_heads(gem_out)))
+            gem_x = gem_residual(gem_x, weights, self_self_attention(qkv, normed, options))
         if not is_last or want_original:
             x = original_block(block, weights, x, qkv)
     return StreamOutput(

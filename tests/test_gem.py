@@ -1,8 +1,11 @@
 """GEM stream against a straightforward re-derivation of the reference's arithmetic, and its invariants."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import LayerScale
 
 from gem_engine.gem import GemOptions, patch_features, position_embedding, run_streams
 
@@ -55,12 +58,20 @@ def slow_gem(visual, pixels, blocks, iterations=1, temperature=None):
 
 
 @pytest.mark.parametrize(
-    "size, blocks, iterations, temperature",
-    [((96, 96), 3, 1, None), ((80, 128), 2, 1, None), ((112, 112), 1, 3, None), ((64, 96), 3, 0, 2.5)],
+    "size, blocks, iterations, temperature, batch",
+    [
+        ((96, 96), 3, 1, None, 2),
+        ((80, 128), 2, 1, None, 2),
+        ((112, 112), 1, 3, None, 2),
+        ((64, 96), 3, 0, 2.5, 2),
+        # batch 1: the temperature is one number and SDPA applies it as its scale
+        ((96, 96), 3, 1, None, 1),
+        ((80, 128), 2, 2, 1.5, 1),
+    ],
 )
-def test_gem_matches_straightforward_derivation(tiny_vit, size, blocks, iterations, temperature):
+def test_gem_matches_straightforward_derivation(tiny_vit, size, blocks, iterations, temperature, batch):
     torch.manual_seed(0)
-    pixels = torch.randn(2, 3, *size)
+    pixels = torch.randn(batch, 3, *size)
     options = GemOptions(blocks=blocks, iterations=iterations, temperature=temperature)
     with torch.inference_mode():
         ours = run_streams(tiny_vit.visual, pixels, options)
@@ -80,6 +91,25 @@ def test_original_stream_is_open_clip_forward(tiny_vit):
     torch.testing.assert_close(ours.original, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(ours.original[:, 0], pooled, atol=1e-5, rtol=0)
     assert not torch.allclose(ours.gem, ours.original, atol=1e-3)
+
+
+def test_layer_scale_blocks_follow_open_clip(tiny_vit):
+    # The residual projections accumulate in place only without layer scale; with it they must
+    # still give open_clip's forward and the derivation's GEM stream.
+    model = copy.deepcopy(tiny_vit)
+    visual = model.visual
+    for block in visual.transformer.resblocks:
+        block.ls_1 = LayerScale(visual.transformer.width, 0.5)
+        block.ls_2 = LayerScale(visual.transformer.width, 2.0)
+    pixels = torch.randn(1, 3, 96, 96)
+    with torch.inference_mode():
+        ours = run_streams(visual, pixels, GemOptions(blocks=2), want_original=True)
+        expected_original = visual.ln_post(visual.transformer(visual._embeds(pixels))) @ visual.proj
+        expected_gem, _ = slow_gem(visual, pixels, 2)
+        plain = run_streams(tiny_vit.visual, pixels, GemOptions(blocks=2))
+    torch.testing.assert_close(ours.original, expected_original, atol=1e-5, rtol=0)
+    torch.testing.assert_close(patch_features(ours.gem), expected_gem, atol=2e-5, rtol=0)
+    assert not torch.allclose(ours.gem, plain.gem, atol=1e-3)
 
 
 def test_gem_stream_depends_on_the_number_of_modified_blocks(tiny_vit):
