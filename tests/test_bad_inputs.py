@@ -21,8 +21,8 @@ import pytest
 from backend import queue as rq_queue
 from backend.settings import Settings
 from tests.test_api import serve
-from tests.test_faults import model_env, start_worker, wait_for
 from tests.test_worker import CONFIG
+from tests.worker_processes import start_worker, wait_for, worker_env
 
 CORPUS = Path(__file__).parent / "fixtures" / "bad_inputs"
 MANIFEST = json.loads((CORPUS / "manifest.json").read_text())
@@ -85,7 +85,7 @@ def stack(redis_url, tiny_vit_checkpoint, tmp_path_factory):
     for path, target in REDIRECTS.items():
         ls.routes[path] = (302, {"Location": target.format(internal=internal.port)}, b"")
     prefix = f"bad{uuid.uuid4().hex[:8]}"
-    env = model_env(redis_url, prefix, tiny_vit_checkpoint, files, JOB_RETRIES="0", WORKER_BATCH_SIZE="4",
+    env = worker_env(redis_url, prefix, tiny_vit_checkpoint, files, JOB_RETRIES="0", WORKER_BATCH_SIZE="4",
                     PREDICT_WAIT_S="120", IMAGE_MAX_BYTES=str(MAX_IMAGE_BYTES),
                     MAX_REQUEST_BYTES=str(MAX_REQUEST_BYTES), ALLOWED_IMAGE_HOSTS="images.example.com",
                     LABEL_STUDIO_URL=f"http://127.0.0.1:{ls.port}", LABEL_STUDIO_API_KEY="test-token")

@@ -13,7 +13,6 @@ The helpers at the top (a restartable Redis, worker processes, images) serve tes
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -32,6 +31,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from backend import queue as rq_queue
+from tests.worker_processes import start_worker, wait_for, worker_env
 
 ROOT = Path(__file__).parents[1]
 
@@ -104,42 +104,6 @@ def write_images(folder: Path, count: int, size: tuple[int, int] = (96, 72)) -> 
     return names
 
 
-def model_env(redis_url: str, prefix: str, checkpoint: dict, files: Path, **extra: str) -> dict[str, str]:
-    """Return the environment of a worker (or API) process using the tiny model and local files."""
-    return {
-        **os.environ,
-        "REDIS_URL": redis_url,
-        "QUEUE_PREFIX": prefix,
-        "MODEL_NAME": checkpoint["model_name"],
-        "MODEL_CONFIG": checkpoint["model_config"],
-        "MODEL_PRETRAINED": checkpoint["pretrained"],
-        "DEVICE": "cpu",
-        "LOCAL_FILES_DOCUMENT_ROOT": str(files),
-        "PYTHONPATH": str(ROOT),
-        "DATA_DIR": str(files.parent / "data"),
-        **extra,
-    }
-
-
-def start_worker(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen:
-    """Start `gem-labeler worker` with its output in `log_path`."""
-    log = log_path.open("ab")
-    return subprocess.Popen([sys.executable, "-m", "backend.cli", "worker", *args], env=env, cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
-
-
-def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.05):
-    """Return the first truthy value of `predicate()`; fail naming `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(poll_s)
-
-
 @pytest.fixture()
 def redis_server(tmp_path):
     """A private, restartable redis-server for one test."""
@@ -161,7 +125,7 @@ def test_kill_9_worker_mid_bulk_run_loses_and_doubles_nothing(redis_server, tiny
     tasks = [{"id": 1000 + i, "data": {"image": f"/data/local-files/?d={name}"}} for i, name in enumerate(names)]
     fake = FakeLabelStudio(tasks)
     prefix = f"k{uuid.uuid4().hex[:8]}"
-    env = model_env(redis_server.url, prefix, tiny_vit_checkpoint, files, JOB_RETRIES="0", WORKER_BATCH_SIZE="4",
+    env = worker_env(redis_server.url, prefix, tiny_vit_checkpoint, files, JOB_RETRIES="0", WORKER_BATCH_SIZE="4",
                     LABEL_STUDIO_URL="", LABEL_STUDIO_API_KEY="")
     conn = redis_server.client()
     first = start_worker(env, tmp_path / "worker1.log")
@@ -225,7 +189,7 @@ def test_redis_restart_mid_run_answers_503_then_completes(redis_server, tiny_vit
     names = write_images(files, 40)
     tasks = [{"id": 2000 + i, "data": {"image": f"/data/local-files/?d={name}"}} for i, name in enumerate(names)]
     prefix = f"r{uuid.uuid4().hex[:8]}"
-    env = model_env(redis_server.url, prefix, tiny_vit_checkpoint, files, WORKER_BATCH_SIZE="2", JOB_RETRIES="3",
+    env = worker_env(redis_server.url, prefix, tiny_vit_checkpoint, files, WORKER_BATCH_SIZE="2", JOB_RETRIES="3",
                     PREDICT_WAIT_S="0", LABEL_STUDIO_URL="", LABEL_STUDIO_API_KEY="")
     settings = Settings.from_env(env)
     conn = redis_server.client()
@@ -337,7 +301,7 @@ def test_label_studio_down_longer_than_client_retries_outbox_delivers_each_once(
     refusing.bind(("127.0.0.1", 0))
     port = refusing.getsockname()[1]
     prefix = f"l{uuid.uuid4().hex[:8]}"
-    env = model_env(redis_server.url, prefix, tiny_vit_checkpoint, files, PREDICT_WAIT_S="0", JOB_RETRIES="0",
+    env = worker_env(redis_server.url, prefix, tiny_vit_checkpoint, files, PREDICT_WAIT_S="0", JOB_RETRIES="0",
                     LABEL_STUDIO_URL=f"http://127.0.0.1:{port}", LABEL_STUDIO_API_KEY="test-token",
                     PUSH_BACKOFF_S="0.5")
     settings = Settings.from_env(env)

@@ -6,9 +6,6 @@ A fake Label Studio (a real HTTP server on loopback) receives the predictions th
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -28,6 +25,7 @@ from backend.label_config import parse_label_config
 from backend.settings import Settings
 from gem_engine.rle import decode_rle
 from tests.test_api import free_port, serve
+from tests.worker_processes import start_worker, worker_env
 
 CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -79,27 +77,6 @@ def scene(path: Path, size: tuple[int, int] = (160, 120)) -> None:
     yy, xx = np.mgrid[:height, :width]
     pixels[(yy - 70) ** 2 + (xx - 115) ** 2 < 30**2] = (30, 30, 220)
     Image.fromarray(pixels).save(path)
-
-
-def worker_env(redis_url: str, prefix: str, checkpoint: dict, files: Path, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "REDIS_URL": redis_url,
-        "QUEUE_PREFIX": prefix,
-        "MODEL_NAME": checkpoint["model_name"],
-        "MODEL_CONFIG": checkpoint["model_config"],
-        "MODEL_PRETRAINED": checkpoint["pretrained"],
-        "DEVICE": "cpu",
-        "LOCAL_FILES_DOCUMENT_ROOT": str(files),
-        "PYTHONPATH": str(ROOT),
-        **extra,
-    }
-
-
-def start_worker(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen:
-    log = log_path.open("ab")
-    return subprocess.Popen([sys.executable, "-m", "backend.cli", "worker", *args], env=env, cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT)
 
 
 @pytest.fixture(scope="module")
