@@ -22,9 +22,8 @@ from backend import queue as rq_queue
 from backend.jobs import (
     OptionsError,
     ProjectOptions,
+    TaskJobs,
     image_url_of,
-    job_id,
-    make_payload,
     model_version,
     project_id,
 )
@@ -196,9 +195,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         extra, stored_config = project_state(project)
         vocabulary = vocabulary_for(body.get("label_config") or stored_config)
         options = options_for(extra)
-        version = model_version(options)
-        items = _predict(clients.main(), settings, project, tasks, vocabulary, options, version,
-                         context if interactive else None)
+        jobs = TaskJobs(prefix=prefix, project=project, vocabulary=vocabulary, options=options)
+        items = _predict(clients.main(), settings, jobs, tasks, context if interactive else None)
         mode = "interactive" if interactive else "batch"
         metrics.predict_latency.labels(mode).observe(time.monotonic() - started)
         outcomes = [_outcome(item) for item in items]
@@ -213,7 +211,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         # Stored predictions go out as the bytes the worker stored; only the small items are serialized.
         parts = [item if isinstance(item, bytes) else pydantic_core.to_json(item) for item in items]
-        body = b'{"results":[' + b",".join(parts) + b'],"model_version":' + pydantic_core.to_json(version) + b"}"
+        body = b'{"results":[' + b",".join(parts) + b'],"model_version":' + pydantic_core.to_json(jobs.version) + b"}"
         return Response(body, media_type="application/json")
 
     @app.post("/webhook")
@@ -253,42 +251,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _predict(
     conn: redis.Redis,
     settings: Settings,
-    project: str,
+    jobs: TaskJobs,
     tasks: list[Any],
-    vocabulary: Vocabulary,
-    options: ProjectOptions,
-    version: str,
     context: dict[str, Any] | None,
 ) -> list[bytes | dict[str, Any]]:
     """Return one item per task: a prediction's JSON bytes, an error, or a pending marker (no `result` key)."""
     prefix = settings.queue_prefix
     items: list[bytes | dict[str, Any] | None] = [None] * len(tasks)
-    jobs: dict[int, tuple[str, str]] = {}  # task index -> (job id, image URL)
-    config_hash = vocabulary.config_hash()
+    named: dict[int, tuple[str, str]] = {}  # task index -> (job id, image URL)
     for i, task in enumerate(tasks):
         try:
-            url = image_url_of(task, vocabulary)
+            url = image_url_of(task, jobs.vocabulary)
         except ValueError as exc:
             items[i] = {"error": str(exc), "task": _task_id(task)}
             continue
-        jobs[i] = (job_id(prefix=prefix, project=project, task_id=task.get("id"), version=version,
-                          config_hash=config_hash, image_url=url, context=context), url)
-    order = list(jobs)
-    ids = [jobs[i][0] for i in order]
+        named[i] = (jobs.job_id(task, url, context), url)
+    order = list(named)
+    ids = [named[i][0] for i in order]
     results = rq_queue.read_stored(conn, prefix, ids)
-    # Payloads only for tasks without a stored result; the vocabulary and options are turned into JSON once.
-    shared = {"vocabulary": vocabulary.to_dict(), "options": options.to_dict()}
+    # Payloads only for tasks without a stored result.
     for i, result in zip(order, results, strict=True):
         if result is None:
-            ident, url = jobs[i]
-            payload = make_payload(job=ident, prefix=prefix, project=project, task=tasks[i], image_url=url,
-                                   vocabulary=vocabulary, options=options, version=version, context=context,
-                                   shared=shared)
+            ident, url = named[i]
+            payload = jobs.payload(ident, tasks[i], url, context)
             status = rq_queue.enqueue(conn, settings, payload, interactive=context is not None)
             log.info("task %s job %s: %s", payload["task_id"], ident, status)
     results = rq_queue.wait_for_results(conn, prefix, ids, settings.predict_wait_s, known=results)
     for i, result in zip(order, results, strict=True):
-        ident = jobs[i][0]
+        ident = named[i][0]
         if result is None and settings.can_push and context is None:
             result = rq_queue.request_push(conn, prefix, ident, settings.result_ttl_s)
         items[i] = _item(result, ident, _task_id(tasks[i]), settings)
@@ -324,18 +314,15 @@ def _prelabel_created(
     except (LabelConfigError, OptionsError, redis.RedisError) as exc:
         log.error("webhook TASKS_CREATED project %s: not pre-labeled: %s", project, exc)
         return
-    version = model_version(options)
-    config_hash = vocabulary.config_hash()
+    jobs = TaskJobs(prefix=prefix, project=project, vocabulary=vocabulary, options=options)
     for task in tasks:
         try:
             url = image_url_of(task, vocabulary)
         except ValueError as exc:
             log.warning("webhook project %s task %s skipped: %s", project, _task_id(task), exc)
             continue
-        ident = job_id(prefix=prefix, project=project, task_id=task.get("id"), version=version,
-                       config_hash=config_hash, image_url=url)
-        payload = make_payload(job=ident, prefix=prefix, project=project, task=task, image_url=url,
-                               vocabulary=vocabulary, options=options, version=version)
+        ident = jobs.job_id(task, url)
+        payload = jobs.payload(ident, task, url)
         try:
             if settings.can_push:
                 conn.set(rq_queue.key(prefix, "push", ident), "1", ex=settings.result_ttl_s)

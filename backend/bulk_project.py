@@ -26,7 +26,7 @@ import redis
 
 from backend import queue as rq_queue
 from backend.bulk import Failure, Progress, StopRequest, Summary, UsageError
-from backend.jobs import ProjectOptions, image_url_of, job_id, make_payload, model_version
+from backend.jobs import ProjectOptions, TaskJobs, image_url_of
 from backend.label_config import Vocabulary, parse_label_config
 from backend.ls_client import LabelStudioClient, LabelStudioError
 from backend.settings import Settings
@@ -194,9 +194,9 @@ def run_project(
         stored = rq_queue.load_project(conn, prefix, project) or {}
         # Options the project set at /setup (extra_params) apply here too; the command line wins.
         options = ProjectOptions.from_settings(settings, {**(stored.get("extra_params") or {}), **run.params})
-    version = model_version(options)
-    config_hash = vocabulary.config_hash()
-    todo, summary = plan(client.iter_tasks(run.project, page_size=run.page_size), run, client, vocabulary, version)
+    jobs = TaskJobs(prefix=prefix, project=project, vocabulary=vocabulary, options=options)
+    todo, summary = plan(client.iter_tasks(run.project, page_size=run.page_size), run, client, vocabulary,
+                         jobs.version)
     if run.dry_run:
         summary.done = len(todo)
         summary.elapsed_s = time.monotonic() - started
@@ -223,11 +223,8 @@ def run_project(
                             exhausted = True
                             break
                         task, url = item
-                        ident = job_id(prefix=prefix, project=project, task_id=task.get("id"), version=version,
-                                       config_hash=config_hash, image_url=url)
-                        payload = make_payload(job=ident, prefix=prefix, project=project, task=task, image_url=url,
-                                               vocabulary=vocabulary, options=options, version=version)
-                        status = rq_queue.enqueue(conn, settings, payload, interactive=False)
+                        ident = jobs.job_id(task, url)
+                        status = rq_queue.enqueue(conn, settings, jobs.payload(ident, task, url), interactive=False)
                         log.info("task %s job %s: %s", task.get("id"), ident, status)
                         outstanding[ident] = task.get("id")
                     if workers.count and outstanding and not stop.requested:

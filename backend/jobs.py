@@ -185,6 +185,34 @@ def make_payload(
     }
 
 
+class TaskJobs:
+    """Job ids and payloads for tasks of one project, vocabulary and options.
+
+    The API, the webhook and bulk pre-labeling all name jobs through this one recipe: a task they share
+    must get the same job id, or it would be computed twice.
+    """
+
+    def __init__(self, *, prefix: str, project: str, vocabulary: Vocabulary, options: ProjectOptions) -> None:
+        self.prefix, self.project, self.vocabulary, self.options = prefix, project, vocabulary, options
+        self.version = model_version(options)
+        self.config_hash = vocabulary.config_hash()
+        # Turned into JSON once for all the payloads of a request or run.
+        self._shared = {"vocabulary": vocabulary.to_dict(), "options": options.to_dict()}
+
+    def job_id(self, task: dict[str, Any], image_url: str, context: Any = None) -> str:
+        """Return the deterministic job id of one task."""
+        return job_id(prefix=self.prefix, project=self.project, task_id=task.get("id"), version=self.version,
+                      config_hash=self.config_hash, image_url=image_url, context=context)
+
+    def payload(
+        self, ident: str, task: dict[str, Any], image_url: str, context: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Return the worker payload of one task whose job id is `ident`."""
+        return make_payload(job=ident, prefix=self.prefix, project=self.project, task=task, image_url=image_url,
+                            vocabulary=self.vocabulary, options=self.options, version=self.version,
+                            context=context, shared=self._shared)
+
+
 def image_url_of(task: Any, vocabulary: Vocabulary) -> str:
     """Return the task's image URL; raise ValueError saying why there is none."""
     if not isinstance(task, dict):
