@@ -203,8 +203,7 @@ def _plan(index: int, image: PIL.Image.Image, vocabulary: Vocabulary, context: A
         if r.get("type") != "rectanglelabels":
             continue
         value = r.get("value") or {}
-        left = int(np.clip(float(value.get("x", 0)) * width / 100, 0, width - 1))
-        top = int(np.clip(float(value.get("y", 0)) * height / 100, 0, height - 1))
+        left, top = _pixel(value.get("x", 0), width), _pixel(value.get("y", 0), height)
         right = int(np.clip(left + float(value.get("width", 0)) * width / 100, left + 1, width))
         bottom = int(np.clip(top + float(value.get("height", 0)) * height / 100, top + 1, height))
         crop_labels, crop_prompts = _with_label(vocabulary, (value.get("rectanglelabels") or [None])[0])
@@ -215,9 +214,9 @@ def _plan(index: int, image: PIL.Image.Image, vocabulary: Vocabulary, context: A
     extra = [(r.get("value") or {}).get("keypointlabels", [None])[0] for r in results
              if r.get("type") == "keypointlabels"]
     for label in extra:
-        labels, prompts = _with_label(Vocabulary(vocabulary.image_name, vocabulary.image_key, vocabulary.controls,
-                                                 labels, prompts, vocabulary.background, ()), label)
-    return [_Work(index, image, labels, prompts)]
+        labels, prompts = _with_label(vocabulary, label)
+        vocabulary = dataclasses.replace(vocabulary, labels=labels, prompts=prompts)
+    return [_Work(index, image, vocabulary.labels, vocabulary.prompts)]
 
 
 def _with_label(vocabulary: Vocabulary, label: str | None) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
@@ -305,8 +304,7 @@ def _interactive(
     negatives: list[tuple[int, int]] = []
     for point in points:
         value = point.get("value") or {}
-        x = int(np.clip(float(value.get("x", 0)) * width / 100, 0, width - 1))
-        y = int(np.clip(float(value.get("y", 0)) * height / 100, 0, height - 1))
+        x, y = _pixel(value.get("x", 0), width), _pixel(value.get("y", 0), height)
         if point.get("is_positive", True) is False:
             negatives.append((x, y))
             continue
@@ -333,6 +331,11 @@ def _uncrop(region: Region, offset: tuple[int, int, int, int], size: tuple[int, 
     bx, by = place(region.box[0], region.box[1])
     box = (bx, by, region.box[2] * crop_w / width, region.box[3] * crop_h / height)
     return Region(label=region.label, mask=mask, score=region.score, polygons=polygons, box=box)
+
+
+def _pixel(percent: Any, extent: int) -> int:
+    """Return the pixel a Label Studio percent coordinate falls on, inside [0, extent - 1]."""
+    return int(np.clip(float(percent) * extent / 100, 0, extent - 1))
 
 
 def _int_or_none(value: Any) -> int | None:
