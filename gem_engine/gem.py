@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import CustomResidualAttentionBlock, ResidualAttentionBlock, VisionTransformer
 
+from gem_engine import onednn
 from gem_engine.models import UnsupportedModelError
 
 DEFAULT_GEM_BLOCKS = 6  # the reference's gem_depth=7 modifies the last 6 blocks
@@ -79,7 +80,7 @@ def block_weights(block: torch.nn.Module) -> BlockWeights:
 def project_qkv(x: torch.Tensor, weights: BlockWeights) -> torch.Tensor:
     """Return q, k, v stacked as one [3, B, heads, N, head_dim] view of the block's in-projection."""
     batch, tokens, width = x.shape
-    qkv = F.linear(x, weights.in_weight, weights.in_bias)
+    qkv = onednn.linear(x, weights.in_weight, weights.in_bias)
     return qkv.view(batch, tokens, 3, weights.heads, width // weights.heads).permute(2, 0, 3, 1, 4)
 
 
@@ -136,27 +137,26 @@ def embed_tokens(visual: VisionTransformer, pixels: torch.Tensor) -> tuple[torch
     return visual.ln_pre(x), grid
 
 
-def residual_linear(x: torch.Tensor, linear: torch.nn.Linear, scale: torch.nn.Module, h: torch.Tensor, *,
-                    alpha: float = 1.0) -> torch.Tensor:
-    """Return x + scale(linear(alpha * h)) as a new tensor, x left untouched.
+def residual_linear(x: torch.Tensor, linear: torch.nn.Linear, scale: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """Return x + scale(linear(h)) as a new tensor, x left untouched.
 
-    Without layer scale, the bias and residual are added in one pass and the matrix product
-    accumulates into that result in place, instead of copying the bias into the product and adding
-    the residual in two more passes.
+    Without layer scale the residual is added inside the matrix product, instead of in another pass.
     """
     if not isinstance(scale, torch.nn.Identity):
-        return x + scale(linear(h * alpha if alpha != 1.0 else h))
-    out = x + linear.bias if linear.bias is not None else x.clone()
-    out.view(-1, out.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), linear.weight.t(), alpha=alpha)
-    return out
+        return x + scale(onednn.linear(h, linear.weight, linear.bias))
+    return onednn.linear_add(h, linear.weight, linear.bias, x)
 
 
 def mlp_residual(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Return x + ls_2(mlp(ln_2(x))), the last projection accumulated into the residual."""
+    """Return x + ls_2(mlp(ln_2(x))), with the activation and the residual fused into the two products."""
     mlp = block.mlp
-    if isinstance(mlp, torch.nn.Sequential) and isinstance(mlp[-1], torch.nn.Linear):
-        return residual_linear(x, mlp[-1], block.ls_2, mlp[:-1](block.ln_2(x)))
-    return x + block.ls_2(mlp(block.ln_2(x)))
+    if not (isinstance(mlp, torch.nn.Sequential) and isinstance(mlp[-1], torch.nn.Linear)):
+        return x + block.ls_2(mlp(block.ln_2(x)))
+    if len(mlp) == 3 and isinstance(mlp[0], torch.nn.Linear):  # open_clip's c_fc, activation, c_proj
+        hidden = onednn.linear(block.ln_2(x), mlp[0].weight, mlp[0].bias, mlp[1])
+    else:
+        hidden = mlp[:-1](block.ln_2(x))
+    return residual_linear(x, mlp[-1], block.ls_2, hidden)
 
 
 def original_block(block: torch.nn.Module, weights: BlockWeights, x: torch.Tensor, qkv: torch.Tensor, *,
@@ -171,7 +171,7 @@ def self_self_attention(qkv: torch.Tensor, normed: torch.Tensor, options: GemOpt
     """Return the GEM branch outputs [3, B, heads, N, head_dim] before out_proj, one per p in q,k,v.
 
     For each p: Zn = normalize(p); n times Z = softmax(s Zn Zn^T) Zn; then softmax(s Zn Zn^T) @ v.
-    The three streams run as one batched fused attention, with s folded into the queries.
+    The three streams run as one batched attention call.
     """
     _, batch, heads, tokens, dim = qkv.shape
     q, v = qkv[0], qkv[2]
@@ -185,7 +185,7 @@ def self_self_attention(qkv: torch.Tensor, normed: torch.Tensor, options: GemOpt
     if inv_temp.numel() == 1 and not inv_temp.requires_grad and (
         options.temperature is not None or inv_temp.device.type == "cpu"
     ):
-        # One temperature for the whole batch: SDPA applies it, saving a scaled copy of the queries
+        # One temperature for the whole batch: the attention applies it, saving a scaled copy of the queries
         # (not where gradients flow through it, nor where reading it would stall a GPU).
         scale = float(inv_temp)
 
@@ -204,10 +204,10 @@ def self_self_attention(qkv: torch.Tensor, normed: torch.Tensor, options: GemOpt
 def gem_residual(gem_x: torch.Tensor, weights: BlockWeights, outs: torch.Tensor) -> torch.Tensor:
     """Return gem_x + ls_1(out_proj(mean of the three self-self outputs)), heads merged in the same pass."""
     streams, batch, heads, tokens, dim = outs.shape
-    # At batch 1 SDPA's output keeps the queries' token-major layout, so the reshape is a view and the
-    # sum is the one pass that both averages the streams and merges the heads; 1/3 rides on the GEMM.
-    merged = outs.transpose(2, 3).reshape(streams, batch, tokens, heads * dim).sum(dim=0)
-    return residual_linear(gem_x, weights.out_proj, weights.ls_1, merged, alpha=1.0 / streams)
+    # The attention output is token-major in memory (onednn.attention, and SDPA on CPU at batch 1), so
+    # the reshape is a view and the mean is the one pass that both averages the streams and merges heads.
+    merged = outs.transpose(2, 3).reshape(streams, batch, tokens, heads * dim).mean(dim=0)
+    return residual_linear(gem_x, weights.out_proj, weights.ls_1, merged)
 
 
 def plain_block(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
