@@ -171,7 +171,7 @@ def self_self_attention(qkv: torch.Tensor, normed: torch.Tensor, options: GemOpt
     """Return the GEM branch outputs [3, B, heads, N, head_dim] before out_proj, one per p in q,k,v.
 
     For each p: Zn = normalize(p); n times Z = softmax(s Zn Zn^T) Zn; then softmax(s Zn Zn^T) @ v.
-    The three streams run as one batched attention call.
+    The three streams run as one batched fused attention.
     """
     _, batch, heads, tokens, dim = qkv.shape
     q, v = qkv[0], qkv[2]
@@ -185,7 +185,7 @@ def self_self_attention(qkv: torch.Tensor, normed: torch.Tensor, options: GemOpt
     if inv_temp.numel() == 1 and not inv_temp.requires_grad and (
         options.temperature is not None or inv_temp.device.type == "cpu"
     ):
-        # One temperature for the whole batch: the attention applies it, saving a scaled copy of the queries
+        # One temperature for the whole batch: SDPA applies it, saving a scaled copy of the queries
         # (not where gradients flow through it, nor where reading it would stall a GPU).
         scale = float(inv_temp)
 
@@ -204,8 +204,8 @@ def self_self_attention(qkv: torch.Tensor, normed: torch.Tensor, options: GemOpt
 def gem_residual(gem_x: torch.Tensor, weights: BlockWeights, outs: torch.Tensor) -> torch.Tensor:
     """Return gem_x + ls_1(out_proj(mean of the three self-self outputs)), heads merged in the same pass."""
     streams, batch, heads, tokens, dim = outs.shape
-    # The attention output is token-major in memory (onednn.attention, and SDPA on CPU at batch 1), so
-    # the reshape is a view and the mean is the one pass that both averages the streams and merges heads.
+    # At batch 1 SDPA's output keeps the queries' token-major layout, so the reshape is a view and the
+    # mean is the one pass that both averages the streams and merges the heads.
     merged = outs.transpose(2, 3).reshape(streams, batch, tokens, heads * dim).mean(dim=0)
     return residual_linear(gem_x, weights.out_proj, weights.ls_1, merged)
 

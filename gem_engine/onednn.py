@@ -1,8 +1,8 @@
-"""Linear layers and attention through oneDNN for fp32 inference on CPU, with the usual ops elsewhere.
+"""Linear layers through oneDNN for fp32 inference on CPU, with the usual ops elsewhere.
 
-PyTorch sends fp32 ``F.linear``, ``addmm`` and the fused CPU attention kernel's products to its BLAS,
-which on some x86 CPUs (AMD's among them) runs at half the speed oneDNN reaches on the same cores
-(``bench/gem_speed.py`` measures the end-to-end effect). oneDNN computes in fp32 too, so maps agree
+PyTorch sends fp32 ``F.linear`` and ``addmm`` to its BLAS, which on some x86 CPUs (AMD's among
+them) runs at half the speed oneDNN reaches on the same cores (``bench/gem_speed.py`` measures the
+end-to-end effect). oneDNN computes in fp32 too, so maps agree
 with the BLAS path to float32 rounding. These helpers take the oneDNN route only where it applies:
 a CPU float32 tensor, no autograd recording (Grad-CAM differentiates through the model, and the
 oneDNN op has no backward), and a PyTorch build that has the op. Everywhere else they call the
@@ -17,10 +17,9 @@ import torch.nn.functional as F
 # Tests and benches switch this off to compare against the standard ops.
 enabled = True
 
-_ATTENTION_BLOCK = 1 << 22  # logits computed per head in blocks of at most this many floats (16 MiB)
-
 
 def _linear_op():
+    """Return oneDNN's linear op (the one torch.compile's CPU backend uses), or None in builds without it."""
     if not torch.backends.mkldnn.is_available():
         return None
     return getattr(torch.ops.mkldnn, "_linear_pointwise", None)

@@ -72,11 +72,11 @@ def contrastive_loss(model, pixels, tokens, texts: list[str], negatives: list[st
     return (loss_i + loss_t) / 2, accuracy
 
 
-def save_weights(model: torch.nn.Module, path: Path) -> None:
+def save_weights(model: torch.nn.Module, path: Path, config_name: str) -> None:
     """Write the model's state dict as fp16 safetensors, atomically."""
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     partial = path.with_suffix(".partial")
-    save_file(state, str(partial), metadata={"format": "pt", "config": CONFIG.stem})
+    save_file(state, str(partial), metadata={"format": "pt", "config": config_name})
     partial.replace(path)
 
 
@@ -100,15 +100,17 @@ def main() -> None:
     # wait on each other when one is descheduled); on an idle machine, use the core count.
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--save-every", type=int, default=50)
-    parser.add_argument("--out", type=Path, default=CONFIG.with_suffix(".safetensors"))
+    parser.add_argument("--config", type=Path, default=CONFIG, help="open_clip model config (JSON)")
+    parser.add_argument("--out", type=Path, default=None, help="weights file (default: beside the config)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>.state.pt")
     args = parser.parse_args()
 
+    args.out = args.out or args.config.with_suffix(".safetensors")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    open_clip.add_model_config(CONFIG)
-    model = open_clip.create_model(CONFIG.stem, pretrained=None)
-    tokenizer = open_clip.get_tokenizer(CONFIG.stem)
+    open_clip.add_model_config(args.config)
+    model = open_clip.create_model(args.config.stem, pretrained=None)
+    tokenizer = open_clip.get_tokenizer(args.config.stem)
     size = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
     mean, std = model.visual.preprocess_cfg["mean"], model.visual.preprocess_cfg["std"]
 
@@ -153,7 +155,7 @@ def main() -> None:
             flush=True,
         )
         if done % args.save_every == 0 or done == args.steps:
-            save_weights(model, args.out)
+            save_weights(model, args.out, args.config.stem)
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": done}, state_path)
     print(f"saved {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)", flush=True)
 

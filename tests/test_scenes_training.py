@@ -68,7 +68,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tiny_vit):
 
 def test_saved_weights_are_fp16_and_load_back_into_the_model(tiny_vit, tmp_path):
     path = tmp_path / "w.safetensors"
-    train.save_weights(tiny_vit, path)
+    train.save_weights(tiny_vit, path, "tiny-vit")
     state = load_file(str(path))
     assert all(t.dtype == torch.float16 for t in state.values())
     assert set(state) == set(tiny_vit.state_dict())
