@@ -9,13 +9,14 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from backend import outbox
 from backend import queue as rq_queue
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _RedisCollector(Collector):
-    """Job counts by queue and state, and engine seconds per image by method, shared by all workers."""
+    """Job counts by queue and state, pushes waiting in the outbox, and engine seconds per image by method."""
 
     def __init__(self, connection: Callable[[], redis.Redis], prefix: str) -> None:
         self._connection = connection
@@ -27,6 +28,7 @@ class _RedisCollector(Collector):
             conn = self._connection()
             counts = rq_queue.queue_counts(conn, self._prefix)
             engine = rq_queue.engine_totals(conn, self._prefix)
+            waiting = outbox.pending(conn, self._prefix)
         except (redis.RedisError, OSError):
             up.add_metric([], 0)
             yield up
@@ -38,6 +40,10 @@ class _RedisCollector(Collector):
             for state, n in states.items():
                 jobs.add_metric([queue, state], n)
         yield jobs
+        pushes = GaugeMetricFamily("gem_labeler_outbox_pending",
+                                   "Predictions waiting in the outbox to be pushed to Label Studio again")
+        pushes.add_metric([], waiting)
+        yield pushes
         seconds = CounterMetricFamily(
             "gem_labeler_engine_seconds", "Engine (heatmap) seconds spent, by method", labels=["method"]
         )

@@ -204,6 +204,16 @@ def test_metrics_exposition(client):
     assert 'gem_labeler_jobs{queue="batch",state="queued"} 1.0' in text
     assert 'gem_labeler_predict_tasks_total{outcome="pending"} 1.0' in text
     assert "gem_labeler_redis_up 1.0" in text
+    assert "gem_labeler_outbox_pending 0.0" in text
+
+
+def test_metrics_count_pushes_waiting_in_the_outbox(client, settings):
+    from backend import outbox
+
+    conn = rq_queue.connect(settings.redis_url)
+    for task_id in (1, 2):
+        outbox.add(conn, settings, f"job-{task_id}", task_id, delay_s=60)
+    assert "gem_labeler_outbox_pending 2.0" in client.get("/metrics").text
 
 
 def test_basic_auth(redis_url):
