@@ -17,7 +17,7 @@ from gem_engine import scenes
 from gem_engine.preprocess import to_tensor
 from gem_engine.text import text_embeddings
 
-SCENES = 60
+SCENES = 150
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -84,48 +84,56 @@ def test_held_out_scenes_differ_from_training_scenes():
 
 
 def test_gem_points_at_the_named_object_where_raw_similarity_does_not(results):
-    # GEM over all blocks without the extra self-self iteration (the reference's ss_attn_iter=0).
-    # bench/localization.py, 500 scenes: 0.65 against 0.20 for raw patch similarity, chance 0.05.
-    gem, patch = results("gem-it0"), results("patch")
+    # The engine's defaults, which are the reference's: every block of this 6-block model, one
+    # self-self iteration, the temperature from the token norms.
+    # bench/localization.py, 500 scenes: 0.61 against 0.23 for raw patch similarity, chance 0.05.
+    gem, patch = results("gem"), results("patch")
     assert gem["full"] >= 2 * patch["full"], (gem, patch)
     assert gem["full"] >= 4 * gem["chance"], gem
 
 
-def test_gem_with_the_reference_defaults_beats_raw_similarity_and_chance(results):
-    # One self-self iteration smooths this 8x8 grid: 0.32 on 500 scenes, 1.6x patch, 6x chance.
-    gem, patch = results("gem", with_iou=False), results("patch")
-    assert gem["full"] >= 1.3 * patch["full"], (gem, patch)
-    assert gem["full"] >= 4 * gem["chance"], gem
+def test_gem_without_the_self_self_iteration_localizes_as_well(results):
+    # The reference's ss_attn_iter=0: 0.62 on 500 scenes.
+    gem, patch = results("gem-it0", with_iou=False), results("patch")
+    assert gem["full"] >= 2 * patch["full"], (gem, patch)
+
+
+def test_gem_over_more_blocks_localizes_better(results):
+    # 500 scenes: 0.26 with one modified block, 0.44 with three, 0.61 with all six.
+    one, three, six = (results(f"gem-d{blocks}", with_iou=False)["full"] for blocks in (1, 3, 6))
+    assert one < three < six, (one, three, six)
 
 
 def test_gem_over_all_blocks_is_the_default_for_a_six_block_model(results):
-    assert results("gem", with_iou=False)["full"] == results("gem-d6")["full"]
+    assert results("gem")["full"] == results("gem-d6", with_iou=False)["full"]
 
 
 def test_an_absent_object_takes_almost_none_of_the_present_objects_in_the_masks(results):
-    gem = results("gem-it0")
-    # With the present labels plus one absent label, a label that knew nothing would take about
-    # 1 / labels of the objects' pixels (0.37 here); the absent one takes 0.045 on 500 scenes.
-    assert gem["absent_area"] <= 0.15, gem
-    assert gem["absent_area"] <= gem["absent_area_chance"] / 3, gem
+    gem = results("gem")
+    # The product's masks for the present labels plus one absent label (semantic mode, Otsu): a label
+    # that knew nothing would take about 1 / labels of the objects' pixels (0.36 here); the absent one
+    # takes 0.008 on 500 scenes.
+    assert gem["absent_area"] <= 0.05, gem
+    assert gem["absent_area"] <= gem["absent_area_chance"] / 5, gem
 
 
 def test_an_absent_prompt_points_at_present_objects_far_less_than_a_named_one(results):
-    gem = results("gem-it0")
-    # The maximum of an absent object's map still lands on some present object more often than
-    # their area (0.25 against 0.10 on 500 scenes: the objects are what the features respond to),
-    # but far less than a named object's map lands on that object (0.65 against 0.05).
+    gem = results("gem")
+    # The maximum of an absent object's raw map still lands on some present object more often than
+    # their area share (0.21 against 0.10 on 500 scenes: a map has to peak somewhere, and the objects
+    # are what the features respond to), but far less than a named object's map lands on that object
+    # (0.61 against 0.05).
     absent_lift = gem["absent"] / gem["absent_chance"]
     named_lift = gem["full"] / gem["chance"]
-    assert absent_lift <= 4, gem
+    assert absent_lift <= 3, gem
     assert named_lift >= 3 * absent_lift, gem
 
 
 def test_mask_from_gem_overlaps_the_object_better_than_from_raw_similarity(results):
-    gem, patch = results("gem-it0"), results("patch")
-    # 500 scenes: IoU 0.19 against 0.105 through gem_engine.regions.extract_regions (semantic, Otsu).
-    assert gem["iou"] >= 0.12, gem
-    assert gem["iou"] >= 1.3 * patch["iou"], (gem, patch)
+    gem, patch = results("gem"), results("patch")
+    # 500 scenes: IoU 0.41 against 0.14 through gem_engine.regions.extract_regions (semantic, Otsu).
+    assert gem["iou"] >= 0.3, gem
+    assert gem["iou"] >= 2 * patch["iou"], (gem, patch)
 
 
 def test_gradcam_runs_and_is_reported(results):
