@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from backend.label_config import Vocabulary
-from backend.settings import Settings
+from backend.settings import METHODS, REGION_MODES, Settings, choices
 
 PRODUCT = "gem-labeler"
 JOB_FUNCTION = "backend.worker.run_job"
@@ -79,10 +79,10 @@ class ProjectOptions:
 
     def validate(self) -> None:
         """Raise OptionsError naming the first option that cannot work."""
-        if self.method not in ("gem", "gradcam"):
-            raise OptionsError(f"method must be 'gem' or 'gradcam', not {self.method!r}")
-        if self.region_mode not in ("semantic", "independent"):
-            raise OptionsError(f"region_mode must be 'semantic' or 'independent', not {self.region_mode!r}")
+        if self.method not in METHODS:
+            raise OptionsError(f"method must be {choices(METHODS)}, not {self.method!r}")
+        if self.region_mode not in REGION_MODES:
+            raise OptionsError(f"region_mode must be {choices(REGION_MODES)}, not {self.region_mode!r}")
         if self.threshold != "otsu":
             try:
                 value = float(self.threshold)

@@ -12,6 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+# Values a deployment (environment) and a project (extra params) may choose; both are checked against these.
+METHODS = ("gem", "gradcam")
+REGION_MODES = ("semantic", "independent")
+
+
+def choices(values: tuple[str, ...]) -> str:
+    """Return "'a' or 'b'" for an error message."""
+    return " or ".join(repr(v) for v in values)
+
 
 class SettingsError(ValueError):
     """An environment variable holds a value that cannot be used."""
@@ -109,10 +118,10 @@ class Settings:
 
     def validate(self) -> None:
         """Raise SettingsError naming the first variable whose value cannot work."""
-        if self.method not in ("gem", "gradcam"):
-            raise SettingsError(f"METHOD must be 'gem' or 'gradcam', not {self.method!r}")
-        if self.region_mode not in ("semantic", "independent"):
-            raise SettingsError(f"REGION_MODE must be 'semantic' or 'independent', not {self.region_mode!r}")
+        if self.method not in METHODS:
+            raise SettingsError(f"METHOD must be {choices(METHODS)}, not {self.method!r}")
+        if self.region_mode not in REGION_MODES:
+            raise SettingsError(f"REGION_MODE must be {choices(REGION_MODES)}, not {self.region_mode!r}")
         if self.precision not in ("fp32", "fp16", "bf16"):
             raise SettingsError(f"PRECISION must be fp32, fp16 or bf16, not {self.precision!r}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):

@@ -2,11 +2,11 @@
 
 PyTorch sends fp32 ``F.linear`` and ``addmm`` to its BLAS, which on some x86 CPUs (AMD's among
 them) runs at half the speed oneDNN reaches on the same cores (``bench/gem_speed.py`` measures the
-end-to-end effect). oneDNN computes in fp32 too, so maps agree
-with the BLAS path to float32 rounding. These helpers take the oneDNN route only where it applies:
-a CPU float32 tensor, no autograd recording (Grad-CAM differentiates through the model, and the
-oneDNN op has no backward), and a PyTorch build that has the op. Everywhere else they call the
-standard op, so CUDA and half precision are unchanged.
+end-to-end effect). oneDNN computes in fp32 too, so maps agree with the BLAS path to float32
+rounding. These helpers take the oneDNN route only where it applies: a CPU float32 tensor, no
+autograd recording (Grad-CAM differentiates through the model, and the oneDNN op has no backward),
+and a PyTorch build that has the op. Everywhere else they call the standard op, so CUDA and half
+precision are unchanged.
 """
 
 from __future__ import annotations
