@@ -82,7 +82,7 @@ args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
 model = open_clip.create_model("ViT-B-16", pretrained=None)
 model.load_state_dict(torch.load(args["weights"]), strict=True)
-engine = HeatmapEngine(wrap_model(model, "ViT-B-16"), method="gem", batch_size=8)
+engine = HeatmapEngine(wrap_model(model, "ViT-B-16"), method="gem")  # its own CPU batching
 images = [Image.open(p) for p in args["images"]]
 labels = [[label] for label in args["labels"]]
 def run(batch):

@@ -32,7 +32,9 @@ class EngineOptions:
     gem_temperature: float | None = None
     templates: str = "single"
     combine: str = "mean"
-    batch_size: int = 8
+    # Images (or windows) per forward pass. None: 8 on a GPU, 1 on CPU, where one 448 px image's
+    # self-self attention tensors already fill the cache and bigger batches ran 12% slower per image.
+    batch_size: int | None = None
     window_stride: float = 2 / 3
     max_side: int = 1344
     gradcam_layer: object | None = None
@@ -59,7 +61,7 @@ class HeatmapEngine:
             raise ValueError(f"unknown templates {opts.templates!r}: use one of {', '.join(text_module.TEMPLATE_SETS)}")
         if opts.combine not in text_module.COMBINES:
             raise ValueError(f"unknown combine {opts.combine!r}: use one of {', '.join(text_module.COMBINES)}")
-        if opts.batch_size < 1:
+        if opts.batch_size is not None and opts.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {opts.batch_size}")
         if not 0 < opts.window_stride <= 1:
             raise ValueError(f"window_stride must be in (0, 1], got {opts.window_stride}")
@@ -130,9 +132,10 @@ class HeatmapEngine:
         for image_index, item in enumerate(prepared):
             for window_index, window in enumerate(item.windows):
                 by_shape[tuple(window.pixels.shape)].append((image_index, window_index))
+        size = self.options.batch_size or (1 if self.loaded.device.type == "cpu" else 8)
         for members in by_shape.values():
-            for start in range(0, len(members), self.options.batch_size):
-                chunk = members[start : start + self.options.batch_size]
+            for start in range(0, len(members), size):
+                chunk = members[start : start + size]
                 pixels = torch.stack([prepared[i].windows[w].pixels for i, w in chunk])
                 yield chunk, pixels
 

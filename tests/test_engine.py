@@ -65,6 +65,23 @@ def test_one_forward_pass_per_image_whatever_the_vocabulary(loaded):
     np.testing.assert_allclose(many[0][-1], few[0][0], atol=1e-6)
 
 
+def test_cpu_default_is_one_image_per_forward_pass_with_the_same_maps(loaded):
+    calls = []
+    hook = loaded.model.visual.conv1.register_forward_hook(lambda module, args, out: calls.append(out.shape[0]))
+    images = [photo(seed=1), photo(seed=2), photo(seed=3)]
+    try:
+        default = HeatmapEngine(loaded, image_size=96).heatmaps(images, [["cat"], ["dog"]])
+        assert calls == [1, 1, 1]
+        batched = HeatmapEngine(loaded, image_size=96, batch_size=3).heatmaps(images, [["cat"], ["dog"]])
+        assert calls == [1, 1, 1, 3]
+    finally:
+        hook.remove()
+    for a, b in zip(default, batched, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        HeatmapEngine(loaded, batch_size=0)
+
+
 @pytest.mark.parametrize("method", ["gem", "patch", "qk", "vv"])
 @pytest.mark.parametrize("mode", ["square", "aspect", "sliding"])
 def test_methods_and_modes_shapes(loaded, method, mode):
@@ -153,7 +170,7 @@ def test_gradcam_dispatch_passes_pixels_and_text(loaded, monkeypatch):
     module = sys.modules.get("gem_engine.gradcam") or types.ModuleType("gem_engine.gradcam")
     monkeypatch.setitem(sys.modules, "gem_engine.gradcam", module)
     monkeypatch.setattr(module, "gradcam_maps", fake_gradcam, raising=False)
-    out = HeatmapEngine(loaded, method="gradcam", gradcam_chunk_size=4).heatmaps([photo(), photo(seed=3)], LABELS)
+    out = HeatmapEngine(loaded, method="gradcam", gradcam_chunk_size=4, batch_size=2).heatmaps([photo(), photo(seed=3)], LABELS)
     assert seen["model"] is loaded.model and seen["shape"] == (2, 3, 96, 96) and seen["text"] == (3, 32)
     assert seen["kwargs"] == {"target": "cosine", "chunk_size": 4}
     assert [m.shape for m in out] == [(3, 6, 6)] * 2
