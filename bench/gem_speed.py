@@ -9,7 +9,10 @@ README shows (forward for one image, batched_forward for a batch), so it encodes
 every call; ours keeps them cached, as a worker does. Peak memory is each process's max RSS
 (model included). The JSON line last.
 
-    .venv/bin/python bench/gem_speed.py [--rounds 2] [--threads 2] [--gpu]
+    .venv/bin/python bench/gem_speed.py [--rounds 2] [--threads 2] [--standard-ops] [--gpu]
+
+--standard-ops adds a third side: ours with gem_engine.onednn switched off (PyTorch's BLAS for the
+linear layers), to show what the oneDNN route is worth on this CPU.
 """
 
 from __future__ import annotations
@@ -78,8 +81,10 @@ sys.path.insert(0, sys.argv[2])
 from gem_engine.engine import HeatmapEngine
 from gem_engine.maps import normalize, upsample
 from gem_engine.models import wrap_model
+from gem_engine import onednn
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
+onednn.enabled = args.get("onednn", True)
 model = open_clip.create_model("ViT-B-16", pretrained=None)
 model.load_state_dict(torch.load(args["weights"]), strict=True)
 engine = HeatmapEngine(wrap_model(model, "ViT-B-16"), method="gem")  # its own CPU batching
@@ -153,6 +158,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--gpu", action="store_true", help="also time ours on CUDA in fp32/fp16/bf16")
+    parser.add_argument("--standard-ops", action="store_true", help="also time ours without the oneDNN route")
     parser.add_argument("--work", default=str(ROOT / "bench" / "out" / "gem_speed"))
     args = parser.parse_args()
 
@@ -178,6 +184,8 @@ def main() -> None:
     print(f"threads={args.threads}, {args.rounds} alternating rounds (best of), 20 labels, 448 px, "
           "ViT-B-16 random weights", flush=True)
     sides = {"ours": Side(sys.executable, OURS_SIDE, side_args), "ref": Side(ref_python, REFERENCE_SIDE, side_args)}
+    if args.standard_ops:
+        sides["std"] = Side(sys.executable, OURS_SIDE, {**side_args, "onednn": False})
     best: dict[str, float] = {}
     try:
         for round_index in range(args.rounds):
@@ -202,6 +210,10 @@ def main() -> None:
         "ref_peak_gib": round(peaks["ref"], 2),
         "threads": args.threads,
     }
+    if args.standard_ops:
+        for batch in (1, 8):
+            figures[f"ours_standard_ops_s_per_image_b{batch}"] = round(best[f"std_b{batch}"], 4)
+            figures[f"onednn_speedup_b{batch}"] = round(best[f"std_b{batch}"] / best[f"ours_b{batch}"], 2)
     if args.gpu:
         if not torch.cuda.is_available():
             raise SystemExit("--gpu asked but CUDA is not available")

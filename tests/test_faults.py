@@ -149,9 +149,11 @@ def test_kill_9_worker_mid_bulk_run_loses_and_doubles_nothing(redis_server, tiny
         abandoned = batch.started_job_registry.get_job_ids(cleanup=False)
         done_at_kill = result_count(conn, prefix)
         assert abandoned and done_at_kill < 100
-        # RQ alone would keep the abandoned job "started" for JOB_TIMEOUT_S + 60 s, then fail it.
+        # RQ alone would keep the abandoned job in its started registry for JOB_TIMEOUT_S + 60 s, then fail
+        # it. RQ 3 registers the execution a moment before it marks the job started, so a kill in between
+        # leaves it "queued" there: the reaper must recover both.
         status = Job.fetch(abandoned[0], connection=conn, serializer=JSONSerializer).get_status(refresh=False)
-        assert status == "started"
+        assert status in ("started", "queued")
 
         second = start_worker(env, tmp_path / "worker2.log")
         stdout, stderr = run.communicate(timeout=240)
