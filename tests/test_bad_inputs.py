@@ -12,14 +12,13 @@ import json
 import shutil
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from threading import Thread
 
 import pytest
 
 from backend import queue as rq_queue
 from backend.settings import Settings
+from tests.loopback_http import QuietHandler, start_server
 from tests.test_api import serve
 from tests.test_worker import CONFIG
 from tests.worker_processes import start_worker, wait_for, worker_env
@@ -49,24 +48,16 @@ class Recorder:
         self.requests: list[str] = []
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):  # noqa: N802 (http.server API)
                 owner.requests.append(self.path)
                 status, headers, body = owner.routes.get(self.path, (404, {}, b"{}"))
-                self.send_response(status)
-                for name, value in {**headers, "Content-Length": str(len(body))}.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(status, body, content_type=None, headers=headers)
 
             do_POST = do_GET  # noqa: N815
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = start_server(Handler)
         self.port = self.server.server_address[1]
-        Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -29,6 +28,7 @@ from backend import bulk
 from backend import queue as rq_queue
 from backend.jobs import ProjectOptions, model_version
 from backend.settings import Settings
+from tests.loopback_http import QuietHandler, start_server
 
 CONFIG = """
 <View>
@@ -52,18 +52,7 @@ class FakeLabelStudio:
         self.lock = threading.Lock()
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-            def _answer(self, status: int, body: object) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(QuietHandler):
             def _handle(self, method: str) -> None:
                 parts = urlsplit(self.path)
                 query = {k: v[0] for k, v in parse_qs(parts.query).items()}
@@ -72,9 +61,9 @@ class FakeLabelStudio:
                 with fake.lock:
                     fake.calls.append((method, parts.path, query, body))
                 if self.headers.get("Authorization") != f"Token {TOKEN}":
-                    return self._answer(401, {"detail": "Authentication credentials were not provided."})
+                    return self.reply(401, {"detail": "Authentication credentials were not provided."})
                 status, answer = fake.route(method, parts.path, query, body)
-                self._answer(status, answer)
+                self.reply(status, answer)
 
             def do_GET(self):
                 self._handle("GET")
@@ -82,9 +71,7 @@ class FakeLabelStudio:
             def do_POST(self):
                 self._handle("POST")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server = start_server(Handler)
 
     @property
     def url(self) -> str:

@@ -245,41 +245,30 @@ class RecordingLabelStudio:
     """POST /api/predictions/ and GET /api/predictions/?task= on a fixed loopback port, recording bodies."""
 
     def __init__(self, port: int) -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
         from urllib.parse import parse_qs, urlsplit
+
+        from tests.loopback_http import QuietHandler, start_server
 
         self.predictions: list[dict] = []
         self.posts = 0
         self.post_status = 201  # another status: every POST is refused with it and nothing is stored
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def _reply(self, status: int, body: object) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(QuietHandler):
             def do_POST(self):  # noqa: N802 (http.server API)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 owner.posts += 1
                 if owner.post_status != 201:
-                    self._reply(owner.post_status, {"detail": "Not found."})
+                    self.reply(owner.post_status, {"detail": "Not found."})
                     return
                 owner.predictions.append(body)
-                self._reply(201, {"id": len(owner.predictions), **body})
+                self.reply(201, {"id": len(owner.predictions), **body})
 
             def do_GET(self):  # noqa: N802
                 task = int(parse_qs(urlsplit(self.path).query)["task"][0])
-                self._reply(200, [p for p in owner.predictions if p.get("task") == task])
+                self.reply(200, [p for p in owner.predictions if p.get("task") == task])
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = start_server(Handler, port)
 
     def close(self) -> None:
         self.server.shutdown()

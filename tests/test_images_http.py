@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import jwt
 import pytest
 
 from backend.images import ImageError, load_task_image
+from tests.loopback_http import QuietHandler, start_server
 
 CORPUS = Path(__file__).parent / "fixtures" / "bad_inputs"
 PNG = (CORPUS / "ok_rgb.png").read_bytes()
@@ -47,7 +47,7 @@ def serve() -> Iterator[Callable[[], Server]]:
     def start() -> Server:
         state = Server()
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self, prefix: str = "") -> None:  # noqa: N802 - http.server's naming
                 state.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
                 route = state.routes.get(prefix + self.path) or state.routes.get(prefix + self.path.split("?")[0])
@@ -62,13 +62,8 @@ def serve() -> Iterator[Callable[[], Server]]:
             def do_POST(self) -> None:  # noqa: N802
                 self.do_GET(prefix="POST ")
 
-            def log_message(self, *args) -> None:
-                pass
-
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        httpd.daemon_threads = True
+        httpd = start_server(Handler, poll_interval=0.02)
         state.port = httpd.server_address[1]
-        threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
         started.append(httpd)
         return state
 
@@ -78,15 +73,9 @@ def serve() -> Iterator[Callable[[], Server]]:
         httpd.server_close()
 
 
-def reply(handler: BaseHTTPRequestHandler, status: int, body: bytes = b"", ctype: str = "image/png",
+def reply(handler: QuietHandler, status: int, body: bytes = b"", ctype: str = "image/png",
           headers: dict[str, str] | None = None) -> None:
-    handler.send_response(status)
-    handler.send_header("Content-Type", ctype)
-    handler.send_header("Content-Length", str(len(body)))
-    for key, value in (headers or {}).items():
-        handler.send_header(key, value)
-    handler.end_headers()
-    handler.wfile.write(body)
+    handler.reply(status, body, ctype, headers)
 
 
 def image(handler: BaseHTTPRequestHandler) -> None:

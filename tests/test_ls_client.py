@@ -10,13 +10,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import pytest
 
 from backend.ls_client import LabelStudioClient, LabelStudioError
+from tests.loopback_http import QuietHandler
 
 KEY = "test-signing-key-of-32-bytes-long"
 
@@ -49,7 +50,7 @@ class FakeLabelStudio:
 
 
 def start_server(state: FakeLabelStudio, bound: socket.socket | None = None) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def _handle(self) -> None:
             parts = urlsplit(self.path)
             length = int(self.headers.get("Content-Length") or 0)
@@ -59,22 +60,12 @@ def start_server(state: FakeLabelStudio, bound: socket.socket | None = None) -> 
             state.calls.append(call)
             route = state.routes.get((self.command, parts.path))
             status, body, headers = route(call) if route else (404, {"detail": "Not found."}, {})
-            data = json.dumps(body).encode() if not isinstance(body, bytes) else body
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for key, value in headers.items():
-                self.send_header(key, value)
-            self.end_headers()
             try:
-                self.wfile.write(data)
+                self.reply(status, body, headers=headers)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client gave up waiting, on purpose in the timeout tests
 
         do_GET = do_POST = _handle  # noqa: N815 - http.server's naming
-
-        def log_message(self, *args) -> None:
-            pass
 
     if bound is None:
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -6,11 +6,9 @@ A fake Label Studio (a real HTTP server on loopback) receives the predictions th
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ from backend.jobs import ProjectOptions, make_payload, model_version
 from backend.label_config import parse_label_config
 from backend.settings import Settings
 from gem_engine.rle import decode_rle
+from tests.loopback_http import QuietHandler, start_server
 from tests.test_api import free_port, serve
 from tests.worker_processes import start_worker, worker_env
 
@@ -45,28 +44,18 @@ class FakeLabelStudio:
         self.auth: list[str] = []
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):  # noqa: N802 (http.server API)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 owner.auth.append(self.headers.get("Authorization", ""))
                 if self.path.rstrip("/") == "/api/predictions":
                     owner.predictions.append(body)
-                    reply = json.dumps({"id": len(owner.predictions), **body}).encode()
-                    self.send_response(201)
+                    self.reply(201, {"id": len(owner.predictions), **body})
                 else:
-                    reply = b"{}"
-                    self.send_response(404)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
+                    self.reply(404, b"{}")
 
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = start_server(Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 def scene(path: Path, size: tuple[int, int] = (160, 120)) -> None:
