@@ -139,14 +139,22 @@ def test_kill_9_worker_mid_bulk_run_loses_and_doubles_nothing(redis_server, tiny
             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         batch = rq_queue.get_queues(conn, prefix)[1]
 
-        def busy_midway() -> bool:
-            done = result_count(conn, prefix)
-            return 5 <= done <= 80 and batch.started_job_registry.get_job_ids(cleanup=False) != []
+        def frozen_midway() -> list[str]:
+            """Freeze worker 1 while it runs a job in the middle of the run; return the jobs it holds."""
+            if not 5 <= result_count(conn, prefix) <= 80:
+                return []
+            # Frozen, the worker cannot change its started registry, so what we read is what the kill
+            # abandons; reading it on a running worker races with the job finishing.
+            first.send_signal(signal.SIGSTOP)
+            held = batch.started_job_registry.get_job_ids(cleanup=False)
+            if not held:
+                first.send_signal(signal.SIGCONT)
+            return held
 
-        wait_for(busy_midway, 120, "worker 1 to be busy in the middle of the run", poll_s=0.005)
+        abandoned = wait_for(frozen_midway, 120, "worker 1 to be busy in the middle of the run", poll_s=0.005)
         first.send_signal(signal.SIGKILL)
         assert first.wait(10) == -signal.SIGKILL
-        abandoned = batch.started_job_registry.get_job_ids(cleanup=False)
+        assert batch.started_job_registry.get_job_ids(cleanup=False) == abandoned
         done_at_kill = result_count(conn, prefix)
         assert abandoned and done_at_kill < 100
         # RQ alone would keep the abandoned job in its started registry for JOB_TIMEOUT_S + 60 s, then fail

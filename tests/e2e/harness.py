@@ -257,6 +257,17 @@ class LabelStudio:
         self.process.stop()
 
 
+def start_command(executable: Path, *, port: int, data_dir: Path, email: str, password: str, token: str) -> list[str]:
+    """Return the `label-studio start` command line for a fresh server with one user and token.
+
+    Values go in `--option=value` form: token_urlsafe starts with "-" about once in 64 draws, and
+    `--password -abc` would be read as an unknown option (exit code 2, every e2e test failing).
+    """
+    return [str(executable), "start", "--no-browser", "--internal-host=127.0.0.1", f"--port={port}",
+            f"--data-dir={data_dir}", f"--username={email}", f"--password={password}", f"--user-token={token}",
+            "--enable-legacy-api-token"]
+
+
 def start_label_studio(install: LabelStudioInstall, data_dir: Path) -> LabelStudio:
     """Return a healthy Label Studio on a free loopback port, with a fresh copy of the migrated database.
 
@@ -270,9 +281,8 @@ def start_label_studio(install: LabelStudioInstall, data_dir: Path) -> LabelStud
     shutil.copyfile(install.template_db, data_dir / "label_studio.sqlite3")
     port = free_port()
     email, password, token = "e2e@example.com", secrets.token_urlsafe(12), secrets.token_hex(20)
-    cmd = [str(install.executable), "start", "--no-browser", "--internal-host", "127.0.0.1",
-           "--port", str(port), "--data-dir", str(data_dir), "--username", email, "--password", password,
-           "--user-token", token, "--enable-legacy-api-token"]
+    cmd = start_command(install.executable, port=port, data_dir=data_dir, email=email, password=password,
+                        token=token)
     process = start_process("label-studio", cmd, env=label_studio_env(data_dir, port=port, files_root=files_root),
                             log=data_dir / "label-studio.log", cwd=data_dir)
     url = f"http://127.0.0.1:{port}"

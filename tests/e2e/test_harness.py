@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import time
 
@@ -86,6 +88,20 @@ def test_local_files_are_served_under_the_document_root(label_studio, ls, ls_wor
 def test_a_bad_label_config_is_refused_with_a_message(ls):
     with pytest.raises(LabelStudioAPIError, match="400"):
         ls.create_project("broken", "<View><Image name='image' value='$image'/><BrushLabels name='b'")
+
+
+def test_start_command_passes_a_password_that_starts_with_a_dash(label_studio_install, tmp_path):
+    # token_urlsafe starts with "-" about once in 64 draws; Label Studio's own parser must still read it.
+    cmd = harness.start_command(label_studio_install.executable, port=8123, data_dir=tmp_path, email="e@example.com",
+                                password="-Xy_dash", token="t0k")
+    python = label_studio_install.venv / "bin" / "python"
+    script = ("import json, sys; from label_studio.core.argparser import parse_input_args; "
+              "a = parse_input_args(sys.argv[1:]); "
+              "print(json.dumps([a.password, a.username, a.user_token, a.port, a.internal_host]))")
+    done = subprocess.run([str(python), "-c", script, *cmd[1:]], env=harness.label_studio_env(tmp_path, port=0),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["-Xy_dash", "e@example.com", "t0k", 8123, "127.0.0.1"]
 
 
 def test_stop_ends_the_whole_process_group(tmp_path):
