@@ -27,11 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from gem_engine import scenes  # noqa: E402
 from gem_engine.engine import HeatmapEngine  # noqa: E402
 from gem_engine.maps import normalize, upsample  # noqa: E402
 from gem_engine.models import LoadedModel, load_model  # noqa: E402
 from gem_engine.regions import RegionOptions, extract_regions  # noqa: E402
+from tests import scenes  # noqa: E402
 
 MODEL_NAME = "scenes-vit"
 MODEL_DIR = ROOT / "tests" / "fixtures" / "models"

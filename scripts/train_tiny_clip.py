@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -25,9 +26,12 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, IterableDataset
 
-from gem_engine import scenes
-
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the scenes generator lives in the test tree, not in the installed engine
+    sys.path.insert(0, str(ROOT))
+
+from tests import scenes  # noqa: E402
+
 CONFIG = ROOT / "tests" / "fixtures" / "models" / "scenes-vit.json"
 TRAIN_SEED = 1  # scene stream used for training; tests and benches use other seeds
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from bench import localization
-from gem_engine import scenes
 from gem_engine.preprocess import to_tensor
 from gem_engine.text import text_embeddings
+from tests import scenes
 
 SCENES = 150
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from skimage.morphology import dilation
 
-from gem_engine import scenes
+from tests import scenes
 
 
 def test_same_seed_same_scene_and_streams_differ():

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from bench import localization
-from gem_engine import scenes
+from tests import scenes
 from tests.e2e import harness
 from tests.e2e.checks import brush_mask
 from tests.e2e.conftest import REPO_ROOT
