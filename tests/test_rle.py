@@ -110,6 +110,34 @@ def test_runs_longer_than_65536_values_split_like_sdk(pixels):
     _check(one_pixel)
 
 
+def _runs(*runs: tuple[bool, int], width: int = 512) -> np.ndarray:
+    """Return a mask of width `width` made of (value, pixels) runs in order, padded with False."""
+    flat = np.concatenate([np.full(n, value, dtype=bool) for value, n in runs])
+    return np.concatenate([flat, np.zeros((-flat.size) % width, dtype=bool)]).reshape(-1, width)
+
+
+# Runs of exactly k x 16384 pixels (k x 65536 values) split into whole 65536-long pieces with no
+# remainder: the boundary where an off-by-one in the split hides. Both polarities, at the start, in
+# the middle and at the end of the mask, because False runs are the common case in real masks.
+@pytest.mark.parametrize(
+    "mask",
+    [
+        _runs((True, 512 * 256), (False, 512 * 256)),  # lower half of a 512x512 mask empty: 131072 px
+        _runs((False, 512 * 256), (True, 512 * 256)),  # upper half empty
+        _runs((False, 16384), (True, 1)),
+        _runs((True, 3), (False, 16384), (True, 5)),
+        _runs((True, 7), (False, 32768)),
+        _runs((True, 1), (False, 16384 * 3), (True, 16384)),
+        _runs((False, 16383), (True, 1), (False, 16385)),
+        _runs((True, 16384), (False, 16384), (True, 16384), (False, 16384)),
+    ],
+    ids=["lower-half", "upper-half", "false-16384-first", "false-16384-middle", "false-32768-last",
+         "false-49152-then-true-16384", "false-16383-and-16385", "alternating-16384"],
+)
+def test_runs_of_whole_65536_value_pieces_match_sdk(mask):
+    _check(mask)
+
+
 def test_single_pixel_in_large_mask_matches_sdk():
     mask = np.zeros((300, 400), bool)
     mask[123, 321] = True
