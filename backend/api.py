@@ -27,7 +27,7 @@ from backend.jobs import (
     model_version,
     project_id,
 )
-from backend.label_config import LabelConfigError, Vocabulary, parse_label_config
+from backend.labelstudio.label_config import LabelConfigError, Vocabulary, parse_label_config
 from backend.metrics import CONTENT_TYPE, ApiMetrics
 from backend.settings import Settings
 

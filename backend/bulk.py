@@ -210,7 +210,7 @@ class UsageError(ValueError):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `gem-labeler prelabel`; return the exit status (0 ok, 1 failures, 2 usage, 130 interrupted)."""
     from backend.jobs import OptionsError, ProjectOptions
-    from backend.label_config import LabelConfigError
+    from backend.labelstudio.label_config import LabelConfigError
     from backend.settings import Settings, SettingsError
 
     args = build_parser().parse_args(argv)
@@ -260,7 +260,7 @@ def _run_folder_mode(args: argparse.Namespace, settings, options) -> Summary:
         find_images,
         run_folder,
     )
-    from backend.label_config import parse_label_config
+    from backend.labelstudio.label_config import parse_label_config
 
     if args.config is None or args.out is None:
         raise UsageError("folder mode needs --config (label config XML) and --out (output folder)")

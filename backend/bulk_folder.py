@@ -24,9 +24,9 @@ from urllib.parse import quote
 import numpy as np
 
 from backend.bulk import Failure, Progress, StopRequest, Summary
-from backend.images import ImageError, decode_image
 from backend.jobs import ProjectOptions, make_payload, model_version
-from backend.label_config import Vocabulary
+from backend.labelstudio.images import ImageError, decode_image
+from backend.labelstudio.label_config import Vocabulary
 from backend.settings import Settings
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})

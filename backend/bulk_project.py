@@ -27,8 +27,8 @@ import redis
 from backend import queue as rq_queue
 from backend.bulk import Failure, Progress, StopRequest, Summary, UsageError
 from backend.jobs import ProjectOptions, TaskJobs, image_url_of
-from backend.label_config import Vocabulary, parse_label_config
-from backend.ls_client import LabelStudioClient, LabelStudioError
+from backend.labelstudio.client import LabelStudioClient, LabelStudioError
+from backend.labelstudio.label_config import Vocabulary, parse_label_config
 from backend.settings import Settings
 
 log = logging.getLogger("gem_labeler.bulk")

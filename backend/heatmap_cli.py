@@ -97,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the `heatmap` subcommand; return the exit status (0 ok, 2 bad input, 3 model cannot load)."""
-    from backend.images import ImageError, decode_image
+    from backend.labelstudio.images import ImageError, decode_image
     from backend.settings import Settings, SettingsError
 
     try:

@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from backend.label_config import Vocabulary
+from backend.labelstudio.label_config import Vocabulary
 from backend.settings import METHODS, REGION_MODES, Settings, choices
 
 PRODUCT = "gem-labeler"

@@ -22,11 +22,11 @@ import numpy as np
 import PIL.Image
 import redis
 
-from backend import images
 from backend import predictions as builders
 from backend import queue as rq_queue
 from backend.jobs import ProjectOptions
-from backend.label_config import Vocabulary
+from backend.labelstudio import images
+from backend.labelstudio.label_config import Vocabulary
 from backend.settings import Settings
 from gem_engine.engine import HeatmapEngine
 from gem_engine.models import LoadedModel, WeightsNotFoundError, load_model

@@ -23,7 +23,7 @@ from rq.serializers import JSONSerializer
 from backend import outbox
 from backend import queue as rq_queue
 from backend.jobs import ProjectOptions
-from backend.ls_client import LabelStudioError
+from backend.labelstudio.client import LabelStudioError
 from backend.pipeline import EngineCache, TaskOutcome, predict_payloads
 from backend.reaper import Heartbeat
 from backend.settings import Settings
@@ -44,7 +44,7 @@ class _State:
         if not self.settings.can_push:
             return None
         if self._ls_client is None:
-            from backend.ls_client import LabelStudioClient
+            from backend.labelstudio.client import LabelStudioClient
 
             self._ls_client = LabelStudioClient(self.settings.label_studio_url, self.settings.label_studio_api_key)
         return self._ls_client

@@ -262,7 +262,7 @@ class DyingFactory:
 
 
 def test_a_dead_worker_process_is_reported_and_the_import_file_still_written(tmp_path, dataset):
-    from backend.label_config import parse_label_config
+    from backend.labelstudio.label_config import parse_label_config
 
     folder, _ = dataset
     out = tmp_path / "out"

@@ -19,7 +19,7 @@ from rq.serializers import JSONSerializer
 
 from backend import queue as rq_queue
 from backend.jobs import ProjectOptions, make_payload, model_version
-from backend.label_config import parse_label_config
+from backend.labelstudio.label_config import parse_label_config
 from backend.settings import Settings
 from gem_engine.rle import decode_rle
 from tests.loopback_http import QuietHandler, start_server
