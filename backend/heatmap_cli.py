@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from backend.overlays import COLORMAPS, render_label_overlay
+from backend.labeling.overlays import COLORMAPS, render_label_overlay
 
 METHODS = ("gem", "gradcam", "patch", "qk", "vv")  # gem_engine.engine.METHODS, without importing torch here
 

@@ -23,8 +23,8 @@ from rq.serializers import JSONSerializer
 from backend import outbox
 from backend import queue as rq_queue
 from backend.jobs import ProjectOptions
+from backend.labeling.pipeline import EngineCache, EngineTimer, TaskOutcome, predict_payloads
 from backend.labelstudio.client import LabelStudioError
-from backend.pipeline import EngineCache, TaskOutcome, predict_payloads
 from backend.reaper import Heartbeat
 from backend.settings import Settings
 
@@ -80,7 +80,8 @@ def run_job(payload: dict[str, Any]) -> dict[str, Any]:
     if st.settings.worker_batch_size > 1:
         batch += _claim_waiting(conn, job, payload, st.settings.worker_batch_size - 1, st.settings.job_timeout_s)
     try:
-        outcomes = predict_payloads(batch, st.engines, st.settings, conn=conn, ls_client=st.ls_client())
+        outcomes = predict_payloads(batch, st.engines, st.settings, on_engine_run=_engine_timer(conn, prefix),
+                                    ls_client=st.ls_client())
     finally:
         # Claims of jobs left without a stored result are freed so their own run computes them.
         conn.delete(*[rq_queue.key(prefix, "claim", p["job_id"]) for p in batch])
@@ -97,6 +98,18 @@ def run_job(payload: dict[str, Any]) -> dict[str, Any]:
     summary = {"job_id": ident, "batch": len(batch)}
     summary.update({"error": own.error} if own.error else {"regions": own.regions})
     return summary
+
+
+def _engine_timer(conn: redis.Redis, prefix: str) -> EngineTimer:
+    """Return a callback that adds engine calls to the figures /metrics reads from Redis."""
+
+    def record(method: str, seconds: float, images: int) -> None:
+        try:
+            rq_queue.record_engine_time(conn, prefix, method, seconds, images)
+        except redis.RedisError:
+            log.warning("could not record engine time in Redis")
+
+    return record
 
 
 def _store(conn: redis.Redis, payload: dict[str, Any], outcome: TaskOutcome, st: _State) -> None:

@@ -128,7 +128,7 @@ def latency(redis_url: str, tasks_n: int, requests_n: int) -> dict[str, float]:
 
 def throughput(redis_url: str, model: str, config: str, images_n: int, folder: Path) -> dict[str, float]:
     """Return images/s through API + queue + worker, through the pipeline directly, and the engine alone."""
-    from backend.pipeline import EngineCache, predict_payloads
+    from backend.labeling.pipeline import EngineCache, predict_payloads
 
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     env = {

@@ -323,7 +323,7 @@ def test_per_project_options_from_setup(stack):
 def test_engine_cache_shares_a_model_between_methods_and_bounds_models(tiny_vit_checkpoint, files, tmp_path):
     import shutil
 
-    from backend.pipeline import MAX_MODELS, EngineCache, predict_payloads
+    from backend.labeling.pipeline import MAX_MODELS, EngineCache, predict_payloads
 
     settings = Settings.from_env(worker_env("", "tcache", tiny_vit_checkpoint, files))
     cache = EngineCache(settings)

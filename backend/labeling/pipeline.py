@@ -15,16 +15,15 @@ import dataclasses
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import PIL.Image
-import redis
 
-from backend import predictions as builders
-from backend import queue as rq_queue
 from backend.jobs import ProjectOptions
+from backend.labeling import predictions as builders
 from backend.labelstudio import images
 from backend.labelstudio.label_config import Vocabulary
 from backend.settings import Settings
@@ -38,6 +37,8 @@ PERMANENT_ERRORS = (ValueError, TypeError, KeyError, WeightsNotFoundError)
 # Per-project models are loaded on demand; beyond this many the least recently used is dropped.
 MAX_MODELS = 2
 PAYLOAD_KEYS = ("job_id", "prefix", "image_url", "vocabulary", "options", "model_version")
+# Told of every engine call: (method, seconds, images); workers count them for /metrics.
+EngineTimer = Callable[[str, float, int], None]
 
 
 @dataclass
@@ -119,7 +120,7 @@ def predict_payloads(
     engines: EngineCache,
     settings: Settings,
     *,
-    conn: redis.Redis | None = None,
+    on_engine_run: EngineTimer | None = None,
     ls_client: Any = None,
 ) -> list[TaskOutcome]:
     """Return one outcome per payload, in order; errors of one task never affect the others."""
@@ -152,7 +153,7 @@ def predict_payloads(
         groups[(options.engine_key(), work.prompts)].append(work)
 
     maps_of: dict[int, list[tuple[_Work, np.ndarray]]] = defaultdict(list)
-    for (engine_key, prompts), group in groups.items():
+    for (_engine, prompts), group in groups.items():
         options = ProjectOptions.from_dict(payloads[group[0].index]["options"])
         try:
             engine = engines.get(options)
@@ -167,11 +168,8 @@ def predict_payloads(
             for w in group:
                 outcomes[w.index] = TaskOutcome(error=f"engine: {type(exc).__name__}: {exc}", retry=True)
             continue
-        if conn is not None:
-            try:
-                rq_queue.record_engine_time(conn, payloads[0]["prefix"], engine_key[3], elapsed, len(group))
-            except redis.RedisError:
-                log.warning("could not record engine time in Redis")
+        if on_engine_run is not None:
+            on_engine_run(options.method, elapsed, len(group))
         for w, m in zip(group, maps, strict=True):
             maps_of[w.index].append((w, m))
 
