@@ -18,8 +18,8 @@ from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
-from backend import queue as rq_queue
-from backend.jobs import (
+from backend.jobqueue import queues as rq_queue
+from backend.jobqueue.jobs import (
     OptionsError,
     ProjectOptions,
     TaskJobs,

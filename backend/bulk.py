@@ -209,7 +209,7 @@ class UsageError(ValueError):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `gem-labeler prelabel`; return the exit status (0 ok, 1 failures, 2 usage, 130 interrupted)."""
-    from backend.jobs import OptionsError, ProjectOptions
+    from backend.jobqueue.jobs import OptionsError, ProjectOptions
     from backend.labelstudio.label_config import LabelConfigError
     from backend.settings import Settings, SettingsError
 

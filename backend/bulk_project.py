@@ -24,9 +24,9 @@ from typing import Any
 
 import redis
 
-from backend import queue as rq_queue
 from backend.bulk import Failure, Progress, StopRequest, Summary, UsageError
-from backend.jobs import ProjectOptions, TaskJobs, image_url_of
+from backend.jobqueue import queues as rq_queue
+from backend.jobqueue.jobs import ProjectOptions, TaskJobs, image_url_of
 from backend.labelstudio.client import LabelStudioClient, LabelStudioError
 from backend.labelstudio.label_config import Vocabulary, parse_label_config
 from backend.settings import Settings

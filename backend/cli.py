@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not settings.redis_url:  # say so before paying for the torch import
             print("gem-labeler worker: REDIS_URL is not set: a worker needs the Redis the API uses", file=sys.stderr)
             return 2
-        from backend import worker
+        from backend.jobqueue import worker
 
         return worker.main(settings, burst=args.burst)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}

@@ -20,8 +20,8 @@ import uvicorn
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from backend import queue as rq_queue
 from backend.api import create_app
+from backend.jobqueue import queues as rq_queue
 from backend.settings import Settings
 
 CONFIG = """<View>
@@ -208,7 +208,7 @@ def test_metrics_exposition(client):
 
 
 def test_metrics_count_pushes_waiting_in_the_outbox(client, settings):
-    from backend import outbox
+    from backend.jobqueue import outbox
 
     conn = rq_queue.connect(settings.redis_url)
     for task_id in (1, 2):

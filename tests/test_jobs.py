@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from backend.jobs import OptionsError, ProjectOptions, image_url_of, job_id, model_version, project_id
+from backend.jobqueue.jobs import (
+    OptionsError,
+    ProjectOptions,
+    image_url_of,
+    job_id,
+    model_version,
+    project_id,
+)
 from backend.labelstudio.label_config import parse_label_config
 from backend.settings import Settings
 

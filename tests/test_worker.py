@@ -17,8 +17,8 @@ from PIL import Image
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from backend import queue as rq_queue
-from backend.jobs import ProjectOptions, make_payload, model_version
+from backend.jobqueue import queues as rq_queue
+from backend.jobqueue.jobs import ProjectOptions, make_payload, model_version
 from backend.labelstudio.label_config import parse_label_config
 from backend.settings import Settings
 from gem_engine.rle import decode_rle

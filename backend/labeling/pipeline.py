@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from backend.jobs import ProjectOptions
+from backend.jobqueue.jobs import ProjectOptions
 from backend.labeling import predictions as builders
 from backend.labelstudio import images
 from backend.labelstudio.label_config import Vocabulary

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.jobs import ProjectOptions, image_url_of, make_payload, model_version
+from backend.jobqueue.jobs import ProjectOptions, image_url_of, make_payload, model_version
 from backend.labeling.pipeline import EngineCache, predict_payloads
 from backend.labelstudio.label_config import parse_label_config
 from backend.settings import Settings

@@ -1,6 +1,6 @@
 """What one job is: per-project options, the model version, deterministic job ids and JSON payloads.
 
-Pure data; no Redis, no torch. The API builds payloads, workers execute them (`backend.worker.run_job`).
+Pure data; no Redis, no torch. The API builds payloads, workers execute them (`backend.jobqueue.worker.run_job`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from backend.labelstudio.label_config import Vocabulary
 from backend.settings import METHODS, REGION_MODES, Settings, choices
 
 PRODUCT = "gem-labeler"
-JOB_FUNCTION = "backend.worker.run_job"
-FAILURE_CALLBACK = "backend.worker.on_job_failure"
+JOB_FUNCTION = "backend.jobqueue.worker.run_job"
+FAILURE_CALLBACK = "backend.jobqueue.worker.on_job_failure"
 OUTPUT_TYPES = ("brush", "polygon", "rectangle")
 
 

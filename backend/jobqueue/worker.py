@@ -20,12 +20,12 @@ from rq import SimpleWorker, get_current_job
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from backend import outbox
-from backend import queue as rq_queue
-from backend.jobs import ProjectOptions
+from backend.jobqueue import outbox
+from backend.jobqueue import queues as rq_queue
+from backend.jobqueue.jobs import ProjectOptions
+from backend.jobqueue.reaper import Heartbeat
 from backend.labeling.pipeline import EngineCache, EngineTimer, TaskOutcome, predict_payloads
 from backend.labelstudio.client import LabelStudioError
-from backend.reaper import Heartbeat
 from backend.settings import Settings
 
 log = logging.getLogger("gem_labeler.worker")

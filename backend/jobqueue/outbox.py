@@ -27,7 +27,7 @@ from typing import Any
 
 import redis
 
-from backend import queue as rq_queue
+from backend.jobqueue import queues as rq_queue
 from backend.labelstudio.client import LabelStudioClient, LabelStudioError
 from backend.settings import Settings
 
