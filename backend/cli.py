@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_api(settings: Settings) -> int:
     import uvicorn
 
-    from backend.api import create_app
+    from backend.service.app import create_app
 
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
     return 0

@@ -31,10 +31,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backend.api import create_app  # noqa: E402
 from backend.jobqueue import queues as rq_queue  # noqa: E402
 from backend.jobqueue.jobs import ProjectOptions, make_payload, model_version  # noqa: E402
 from backend.labelstudio.label_config import parse_label_config  # noqa: E402
+from backend.service.app import create_app  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from gem_engine.rle import encode_rle  # noqa: E402
 

@@ -20,8 +20,8 @@ import uvicorn
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from backend.api import create_app
 from backend.jobqueue import queues as rq_queue
+from backend.service.app import create_app
 from backend.settings import Settings
 
 CONFIG = """<View>
@@ -251,7 +251,7 @@ def test_api_process_never_imports_torch(redis_url):
     script = textwrap.dedent(f"""
         import sys
         from fastapi.testclient import TestClient
-        from backend.api import create_app
+        from backend.service.app import create_app
         from backend.settings import Settings
         app = create_app(Settings.from_env({{"REDIS_URL": {redis_url!r}, "QUEUE_PREFIX": {prefix!r},
                                              "PREDICT_WAIT_S": "0"}}))
