@@ -15,7 +15,8 @@ import pytest
 from label_studio_sdk.label_interface import LabelInterface
 from PIL import Image
 
-from backend import bulk, bulk_folder
+from backend.bulk import folder as bulk_folder
+from backend.cli import prelabel as bulk
 
 CONFIG = """
 <View>

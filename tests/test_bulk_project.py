@@ -24,7 +24,7 @@ import redis
 from label_studio_sdk.label_interface import LabelInterface
 from PIL import Image
 
-from backend import bulk
+from backend.cli import prelabel as bulk
 from backend.jobqueue import queues as rq_queue
 from backend.jobqueue.jobs import ProjectOptions, model_version
 from backend.settings import Settings

@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from backend.bulk import Failure, Progress, StopRequest, Summary, UsageError
+from backend.bulk.common import Failure, Progress, StopRequest, Summary, UsageError
 from backend.jobqueue import queues as rq_queue
 from backend.jobqueue.jobs import ProjectOptions, TaskJobs, image_url_of
 from backend.labelstudio.client import LabelStudioClient, LabelStudioError
@@ -351,7 +351,7 @@ def _hint_if_no_workers(conn: Any, prefix: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
-# Command-line entry (called by backend.bulk.main)
+# Command-line entry (called by backend.cli.prelabel.main)
 
 
 def run_project_mode(args: Any, settings: Settings, params: dict[str, Any]) -> Summary:

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from backend.bulk import Failure, Progress, StopRequest, Summary
+from backend.bulk.common import Failure, Progress, StopRequest, Summary
 from backend.jobqueue.jobs import ProjectOptions, make_payload, model_version
 from backend.labelstudio.images import ImageError, decode_image
 from backend.labelstudio.label_config import Vocabulary

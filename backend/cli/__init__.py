@@ -1,7 +1,8 @@
-"""`gem-labeler`: serve (API + workers), api, worker; prelabel and heatmap live in their own modules.
+"""`gem-labeler`, every entry point: serve (API + workers), api and worker here; `prelabel` (bulk
+pre-labeling) and `heatmap` (per-label heatmaps of an image) in their own modules of this package.
 
-The API process must never import torch, so this module imports nothing heavy at the top: each
-subcommand imports what it needs.
+The top of the import graph: it may import every other backend package. The API process must never import
+torch, so this module imports nothing heavy at the top: each subcommand imports what it needs.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from backend.settings import Settings, SettingsError
 log = logging.getLogger("gem_labeler.cli")
 # Subcommands owned by other modules: each exposes main(argv) -> int and parses its own arguments.
 DELEGATED = {
-    "prelabel": ("backend.bulk", "pre-label a whole Label Studio project or a folder of images"),
-    "heatmap": ("backend.heatmap_cli", "write per-label heatmaps of images (debugging, figures)"),
+    "prelabel": ("backend.cli.prelabel", "pre-label a whole Label Studio project or a folder of images"),
+    "heatmap": ("backend.cli.heatmap", "write per-label heatmaps of images (debugging, figures)"),
 }
 
 
@@ -115,7 +116,3 @@ def _serve(settings: Settings, *, workers: int) -> int:
                 child.kill()
         if embedded is not None:
             embedded.shutdown()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
