@@ -32,8 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.jobqueue import queues as rq_queue  # noqa: E402
-from backend.jobqueue.jobs import ProjectOptions, make_payload, model_version  # noqa: E402
+from backend.jobqueue.jobs import make_payload  # noqa: E402
 from backend.labelstudio.label_config import parse_label_config  # noqa: E402
+from backend.options import ProjectOptions, model_version  # noqa: E402
 from backend.service.app import create_app  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from gem_engine.rle import encode_rle  # noqa: E402

@@ -29,9 +29,9 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.bulk.folder import FolderRun, ImageJob, PipelineLabelerSpec, run_folder  # noqa: E402
-from backend.jobqueue.jobs import ProjectOptions  # noqa: E402
 from backend.labelstudio.images import decode_image  # noqa: E402
 from backend.labelstudio.label_config import parse_label_config  # noqa: E402
+from backend.options import ProjectOptions  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from gem_engine.engine import HeatmapEngine  # noqa: E402
 

@@ -26,7 +26,7 @@ from PIL import Image
 
 from backend.cli import prelabel as bulk
 from backend.jobqueue import queues as rq_queue
-from backend.jobqueue.jobs import ProjectOptions, model_version
+from backend.options import ProjectOptions, model_version
 from backend.settings import Settings
 from tests.loopback_http import QuietHandler, start_server
 

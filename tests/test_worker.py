@@ -18,8 +18,9 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from backend.jobqueue import queues as rq_queue
-from backend.jobqueue.jobs import ProjectOptions, make_payload, model_version
+from backend.jobqueue.jobs import make_payload
 from backend.labelstudio.label_config import parse_label_config
+from backend.options import ProjectOptions, model_version
 from backend.settings import Settings
 from gem_engine.rle import decode_rle
 from tests.loopback_http import QuietHandler, start_server

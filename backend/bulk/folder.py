@@ -24,9 +24,10 @@ from urllib.parse import quote
 import numpy as np
 
 from backend.bulk.common import Failure, Progress, StopRequest, Summary
-from backend.jobqueue.jobs import ProjectOptions, make_payload, model_version
+from backend.jobqueue.jobs import make_payload
 from backend.labelstudio.images import ImageError, decode_image
 from backend.labelstudio.label_config import Vocabulary
+from backend.options import ProjectOptions, model_version
 from backend.settings import Settings
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})

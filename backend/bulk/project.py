@@ -26,9 +26,10 @@ import redis
 
 from backend.bulk.common import Failure, Progress, StopRequest, Summary, UsageError
 from backend.jobqueue import queues as rq_queue
-from backend.jobqueue.jobs import ProjectOptions, TaskJobs, image_url_of
+from backend.jobqueue.jobs import TaskJobs, image_url_of
 from backend.labelstudio.client import LabelStudioClient, LabelStudioError
 from backend.labelstudio.label_config import Vocabulary, parse_label_config
+from backend.options import ProjectOptions
 from backend.settings import Settings
 
 log = logging.getLogger("gem_labeler.bulk")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from backend.bulk.common import EXIT_INTERRUPTED, Summary, UsageError
+from backend.options import add_flags, flag_params
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,11 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--project", type=int, help="Label Studio project id")
     source.add_argument("--images", type=Path, help="folder of images (folder mode: no Label Studio needed)")
-    engine = parser.add_argument_group("model and method (default: the environment's settings)")
-    engine.add_argument("--method", choices=("gem", "gradcam"), help="heatmap method (default: METHOD)")
-    engine.add_argument("--model", help="open_clip model name (default: MODEL_NAME)")
-    engine.add_argument("--pretrained", help="open_clip tag or checkpoint file (default: MODEL_PRETRAINED)")
-    engine.add_argument("--model-config", help="JSON open_clip config of a custom model (default: MODEL_CONFIG)")
+    add_flags(parser.add_argument_group(
+        "per-project options (default: the environment's settings; in project mode they win over the project's "
+        "extra params)"))
     run = parser.add_argument_group("run")
     run.add_argument("--limit", type=int, help="consider only the first N tasks or images")
     run.add_argument("--dry-run", action="store_true", help="count what would be done; compute nothing")
@@ -58,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `gem-labeler prelabel`; return the exit status (0 ok, 1 failures, 2 usage, 130 interrupted)."""
-    from backend.jobqueue.jobs import OptionsError, ProjectOptions
     from backend.labelstudio.label_config import LabelConfigError
+    from backend.options import OptionsError, ProjectOptions
     from backend.settings import Settings, SettingsError
 
     args = build_parser().parse_args(argv)
@@ -69,17 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--limit must be >= 0")
         if args.workers < 0:
             raise UsageError("--workers must be >= 0")
+        try:
+            params = flag_params(args)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         settings = Settings.from_env()
-        params = {
-            name: value
-            for name, value in (
-                ("method", args.method),
-                ("model", args.model),
-                ("model_pretrained", args.pretrained),
-                ("model_config", args.model_config),
-            )
-            if value is not None
-        }
         if args.images is not None:
             summary = _run_folder_mode(args, settings, ProjectOptions.from_settings(settings, params))
             what = "images"

@@ -22,10 +22,10 @@ from rq.serializers import JSONSerializer
 
 from backend.jobqueue import outbox
 from backend.jobqueue import queues as rq_queue
-from backend.jobqueue.jobs import ProjectOptions
 from backend.jobqueue.reaper import Heartbeat
 from backend.labeling.pipeline import EngineCache, EngineTimer, TaskOutcome, predict_payloads
 from backend.labelstudio.client import LabelStudioError
+from backend.options import ProjectOptions
 from backend.settings import Settings
 
 log = logging.getLogger("gem_labeler.worker")

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
-from backend.jobqueue.jobs import ProjectOptions
 from backend.labeling import predictions as builders
 from backend.labelstudio import images
 from backend.labelstudio.label_config import Vocabulary
+from backend.options import ProjectOptions
 from backend.settings import Settings
 from gem_engine.engine import HeatmapEngine
 from gem_engine.models import LoadedModel, WeightsNotFoundError, load_model
@@ -59,13 +59,13 @@ class EngineCache:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._models: dict[tuple[str, str, str], LoadedModel] = {}
-        self._engines: dict[tuple[str, str, str, str], HeatmapEngine] = {}
+        self._models: dict[tuple[Any, ...], LoadedModel] = {}  # by ProjectOptions.model_key()
+        self._engines: dict[tuple[Any, ...], HeatmapEngine] = {}  # by ProjectOptions.engine_key()
 
     def get(self, options: ProjectOptions) -> HeatmapEngine:
         """Return the engine for a project's model and method, loading the model on first use."""
         key = options.engine_key()
-        model_key = key[:3]
+        model_key = options.model_key()
         if model_key in self._models:  # mark as recently used
             self._models[model_key] = self._models.pop(model_key)
         engine = self._engines.get(key)
@@ -75,7 +75,7 @@ class EngineCache:
                 while len(self._models) >= MAX_MODELS:
                     oldest = next(iter(self._models))
                     del self._models[oldest]
-                    for stale in [k for k in self._engines if k[:3] == oldest]:
+                    for stale in [k for k in self._engines if k[: len(oldest)] == oldest]:
                         del self._engines[stale]
                     log.info("dropped model %s to make room", oldest[0])
                 started = time.monotonic()

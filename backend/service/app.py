@@ -17,15 +17,9 @@ from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
 from backend.jobqueue import queues as rq_queue
-from backend.jobqueue.jobs import (
-    OptionsError,
-    ProjectOptions,
-    TaskJobs,
-    image_url_of,
-    model_version,
-    project_id,
-)
+from backend.jobqueue.jobs import TaskJobs, image_url_of, project_id
 from backend.labelstudio.label_config import LabelConfigError, Vocabulary, parse_label_config
+from backend.options import OptionsError, ProjectOptions, model_version
 from backend.service.auth import basic_auth
 from backend.service.body_limit import BodyLimit
 from backend.service.metrics import CONTENT_TYPE, ApiMetrics
