@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from backend.bulk.common import EXIT_INTERRUPTED, Summary, UsageError
-from backend.options import add_flags, flag_params
+from backend.options import OptionsError, ProjectOptions, add_flags, flag_params
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `gem-labeler prelabel`; return the exit status (0 ok, 1 failures, 2 usage, 130 interrupted)."""
     from backend.labelstudio.label_config import LabelConfigError
-    from backend.options import OptionsError, ProjectOptions
     from backend.settings import Settings, SettingsError
 
     args = build_parser().parse_args(argv)
