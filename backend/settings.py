@@ -1,7 +1,9 @@
 """Every environment variable the backend reads, with its default and meaning, in one place.
 
-A setting is one dataclass field whose metadata names the variable and says what it means; the
-README's configuration table and the docker-compose test are checked against `ENV_VARS`.
+A setting is one dataclass field whose metadata names the variable and says what it means; the defaults of
+the per-project options (`backend.options.OPTIONS`) are fields too, added from that table, each read and
+checked by its option. The README's configuration table and the docker-compose test are checked against
+`ENV_VARS`.
 """
 
 from __future__ import annotations
@@ -12,14 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# Values a deployment (environment) and a project (extra params) may choose; both are checked against these.
-METHODS = ("gem", "gradcam")
-REGION_MODES = ("semantic", "independent")
-
-
-def choices(values: tuple[str, ...]) -> str:
-    """Return "'a' or 'b'" for an error message."""
-    return " or ".join(repr(v) for v in values)
+from backend.options import Option, option_fields, spell
 
 
 class SettingsError(ValueError):
@@ -31,6 +26,7 @@ def _env(name: str, default: Any, meaning: str) -> Any:
 
 
 @dataclass(frozen=True)
+@option_fields  # the defaults of the per-project options, one field each (METHOD, MODEL_NAME, THRESHOLD, ...)
 class Settings:
     """Backend configuration, read from the environment by `Settings.from_env`."""
 
@@ -46,25 +42,11 @@ class Settings:
     job_retries: int = _env("JOB_RETRIES", 2, "retries (with backoff) of a job that failed for a transient reason")
     worker_batch_size: int = _env("WORKER_BATCH_SIZE", 8,
                                   "images a worker runs through the engine together when several jobs wait")
-    # Model and method
-    model_name: str = _env("MODEL_NAME", "ViT-B-16", "open_clip model name (a ViT for GEM; ViT or ResNet for Grad-CAM)")
-    model_pretrained: str = _env("MODEL_PRETRAINED", "openai",
-                                 "open_clip pretrained tag, or a local checkpoint file (.pt/.bin/.safetensors)")
-    model_config: str = _env("MODEL_CONFIG", "",
-                             "JSON open_clip model config registered under its file stem (custom models)")
+    # Model (which model, method and region options: the per-project options, fields added by @option_fields)
     model_cache_dir: str = _env("MODEL_CACHE_DIR", "",
                                 "where open_clip / Hugging Face weights are cached or mounted (empty: their default)")
     device: str = _env("DEVICE", "auto", "`auto` (CUDA when present), `cpu`, `cuda`, `cuda:N`")
     precision: str = _env("PRECISION", "fp32", "`fp32`, `fp16` or `bf16` (half precision on GPU only)")
-    method: str = _env("METHOD", "gem", "heatmap method: `gem` or `gradcam` (per project: extra param `method`)")
-    # Regions and outputs (per project: extra params of the same name in lower case)
-    region_mode: str = _env("REGION_MODE", "semantic",
-                            "`semantic` (each pixel to its best label or background) or `independent` (per-label threshold)")
-    threshold: str = _env("THRESHOLD", "otsu", "threshold on each label's normalized heatmap: `otsu` or a number in [0, 1]")
-    min_area: float = _env("MIN_AREA", 0.001, "smallest region kept, as a fraction of the image area")
-    score_threshold: float = _env("SCORE_THRESHOLD", 0.0, "regions scoring below this are dropped")
-    outputs: str = _env("OUTPUTS", "brush,polygon,rectangle",
-                        "which result types to produce when the label config has the control for them")
     # HTTP API
     host: str = _env("HOST", "0.0.0.0", "address the API listens on")
     port: int = _env("PORT", 9090, "port the API listens on")
@@ -110,7 +92,8 @@ class Settings:
         for f in dataclasses.fields(cls):
             name = f.metadata["env"]
             if name in environ:
-                values[f.name] = _parse(name, environ[name], f.default)
+                option = f.metadata.get("option")
+                values[f.name] = _read_option(option, environ[name]) if option else _parse(name, environ[name], f.default)
         values.update(overrides)
         settings = cls(**values)
         settings.validate()
@@ -118,10 +101,9 @@ class Settings:
 
     def validate(self) -> None:
         """Raise SettingsError naming the first variable whose value cannot work."""
-        if self.method not in METHODS:
-            raise SettingsError(f"METHOD must be {choices(METHODS)}, not {self.method!r}")
-        if self.region_mode not in REGION_MODES:
-            raise SettingsError(f"REGION_MODE must be {choices(REGION_MODES)}, not {self.region_mode!r}")
+        for f in dataclasses.fields(self):  # values given as overrides are checked like the environment's
+            if "option" in f.metadata:
+                _read_option(f.metadata["option"], getattr(self, f.name))
         if self.precision not in ("fp32", "fp16", "bf16"):
             raise SettingsError(f"PRECISION must be fp32, fp16 or bf16, not {self.precision!r}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
@@ -165,6 +147,13 @@ def _parse(name: str, raw: str, default: Any) -> Any:
     return raw
 
 
+def _read_option(option: Option, raw: Any) -> Any:
+    try:
+        return option.read(raw, option.env)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
 def env_name(field_name: str) -> str:
     """Return the environment variable behind a Settings field."""
     return next(f.metadata["env"] for f in dataclasses.fields(Settings) if f.name == field_name)
@@ -174,7 +163,7 @@ def env_name(field_name: str) -> str:
 ENV_VARS: list[tuple[str, str, str]] = [
     (
         f.metadata["env"],
-        ",".join(f.default) if isinstance(f.default, tuple) else str(f.default),
+        spell(f.default),
         f.metadata["meaning"],
     )
     for f in dataclasses.fields(Settings)

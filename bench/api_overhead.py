@@ -31,10 +31,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backend import queue as rq_queue  # noqa: E402
-from backend.api import create_app  # noqa: E402
-from backend.jobs import ProjectOptions, make_payload, model_version  # noqa: E402
-from backend.label_config import parse_label_config  # noqa: E402
+from backend.jobqueue import queues as rq_queue  # noqa: E402
+from backend.jobqueue.jobs import make_payload  # noqa: E402
+from backend.labelstudio.label_config import parse_label_config  # noqa: E402
+from backend.options import ProjectOptions, model_version  # noqa: E402
+from backend.service.app import create_app  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from gem_engine.rle import encode_rle  # noqa: E402
 
@@ -128,7 +129,7 @@ def latency(redis_url: str, tasks_n: int, requests_n: int) -> dict[str, float]:
 
 def throughput(redis_url: str, model: str, config: str, images_n: int, folder: Path) -> dict[str, float]:
     """Return images/s through API + queue + worker, through the pipeline directly, and the engine alone."""
-    from backend.pipeline import EngineCache, predict_payloads
+    from backend.labeling.pipeline import EngineCache, predict_payloads
 
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     env = {

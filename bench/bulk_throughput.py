@@ -1,7 +1,7 @@
 """Folder-mode throughput against the engine called directly in a loop on the same images.
 
 Peer: decode each image and call `HeatmapEngine.heatmaps` on it, one image at a time, model already loaded.
-Ours: `gem-labeler prelabel --images` (backend.bulk_folder) on the same files: the worker pipeline (heatmaps,
+Ours: `gem-labeler prelabel --images` (backend.bulk.folder) on the same files: the worker pipeline (heatmaps,
 regions, brush RLE, polygons, boxes), overlay PNGs, the resume state and the import file, model already
 loaded. Then the same folder with two worker processes, whose time includes spawning them and loading the
 model in each (what a user waits for). Random weights (no download); same process, same run.
@@ -28,10 +28,10 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.bulk_folder import FolderRun, ImageJob, PipelineLabelerSpec, run_folder  # noqa: E402
-from backend.images import decode_image  # noqa: E402
-from backend.jobs import ProjectOptions  # noqa: E402
-from backend.label_config import parse_label_config  # noqa: E402
+from backend.bulk.folder import FolderRun, ImageJob, PipelineLabelerSpec, run_folder  # noqa: E402
+from backend.labelstudio.images import decode_image  # noqa: E402
+from backend.labelstudio.label_config import parse_label_config  # noqa: E402
+from backend.options import ProjectOptions  # noqa: E402
 from backend.settings import Settings  # noqa: E402
 from gem_engine.engine import HeatmapEngine  # noqa: E402
 

@@ -190,7 +190,7 @@ def render_overlays(loaded: LoadedModel, variants: Sequence[Variant], scene_list
     """Write a PNG grid: per scene, the image with the target outlined, then each variant's map for it."""
     from PIL import Image, ImageDraw
 
-    from backend.overlays import blend_heatmap, mask_outline
+    from backend.labeling.overlays import blend_heatmap, mask_outline
 
     tile, head = 128, 14
     columns = 1 + len(variants)

@@ -20,8 +20,8 @@ import uvicorn
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from backend import queue as rq_queue
-from backend.api import create_app
+from backend.jobqueue import queues as rq_queue
+from backend.service.app import create_app
 from backend.settings import Settings
 
 CONFIG = """<View>
@@ -208,7 +208,7 @@ def test_metrics_exposition(client):
 
 
 def test_metrics_count_pushes_waiting_in_the_outbox(client, settings):
-    from backend import outbox
+    from backend.jobqueue import outbox
 
     conn = rq_queue.connect(settings.redis_url)
     for task_id in (1, 2):
@@ -251,7 +251,7 @@ def test_api_process_never_imports_torch(redis_url):
     script = textwrap.dedent(f"""
         import sys
         from fastapi.testclient import TestClient
-        from backend.api import create_app
+        from backend.service.app import create_app
         from backend.settings import Settings
         app = create_app(Settings.from_env({{"REDIS_URL": {redis_url!r}, "QUEUE_PREFIX": {prefix!r},
                                              "PREDICT_WAIT_S": "0"}}))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from backend import queue as rq_queue
+from backend.jobqueue import queues as rq_queue
 from backend.settings import Settings
 from tests.loopback_http import QuietHandler, start_server
 from tests.test_api import serve

@@ -15,7 +15,8 @@ import pytest
 from label_studio_sdk.label_interface import LabelInterface
 from PIL import Image
 
-from backend import bulk, bulk_folder
+from backend.bulk import folder as bulk_folder
+from backend.cli import prelabel as bulk
 
 CONFIG = """
 <View>
@@ -262,7 +263,7 @@ class DyingFactory:
 
 
 def test_a_dead_worker_process_is_reported_and_the_import_file_still_written(tmp_path, dataset):
-    from backend.label_config import parse_label_config
+    from backend.labelstudio.label_config import parse_label_config
 
     folder, _ = dataset
     out = tmp_path / "out"

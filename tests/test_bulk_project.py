@@ -24,9 +24,9 @@ import redis
 from label_studio_sdk.label_interface import LabelInterface
 from PIL import Image
 
-from backend import bulk
-from backend import queue as rq_queue
-from backend.jobs import ProjectOptions, model_version
+from backend.cli import prelabel as bulk
+from backend.jobqueue import queues as rq_queue
+from backend.options import ProjectOptions, model_version
 from backend.settings import Settings
 from tests.loopback_http import QuietHandler, start_server
 

@@ -8,7 +8,15 @@ import signal
 
 import pytest
 
-from backend.bulk import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, Failure, Progress, StopRequest, Summary
+from backend.bulk.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    Failure,
+    Progress,
+    StopRequest,
+    Summary,
+)
 
 
 def test_exit_codes_say_what_happened():

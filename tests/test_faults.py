@@ -30,7 +30,7 @@ from PIL import Image
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from backend import queue as rq_queue
+from backend.jobqueue import queues as rq_queue
 from tests.worker_processes import start_worker, wait_for, worker_env
 
 ROOT = Path(__file__).parents[1]
@@ -287,7 +287,7 @@ def test_label_studio_down_longer_than_client_retries_outbox_delivers_each_once(
     redis_server, tiny_vit_checkpoint, tmp_path
 ):
     """Label Studio refuses connections past the client's retry window: the outbox pushes every one once."""
-    from backend import outbox
+    from backend.jobqueue import outbox
     from backend.settings import Settings
     from tests.test_api import serve
     from tests.test_worker import CONFIG
@@ -343,7 +343,7 @@ def test_label_studio_down_longer_than_client_retries_outbox_delivers_each_once(
 
 def test_reaper_frees_dead_claims_and_requeues_stranded_jobs_once(redis_server):
     """The reaper's rules on their own: dead holders lose claims, live ones keep them; limbo jobs go back once."""
-    from backend import reaper
+    from backend.jobqueue import reaper
     from backend.settings import Settings
 
     conn = redis_server.client()
@@ -382,7 +382,7 @@ def _outbox_settings(redis_server, port: int, **extra: str):
 
 
 def _queue_push(conn, settings, job_id: str, task_id: int) -> dict:
-    from backend import outbox
+    from backend.jobqueue import outbox
 
     prediction = {"result": [{"type": "brushlabels", "value": {"rle": [1, 2]}}], "model_version": "v1", "score": 0.5}
     rq_queue.store_result(conn, settings.queue_prefix, job_id, {"task_id": task_id, "prediction": prediction}, 600)
@@ -392,7 +392,7 @@ def _queue_push(conn, settings, job_id: str, task_id: int) -> dict:
 
 def test_outbox_drops_a_push_label_studio_refuses_for_good(redis_server, caplog):
     """A 404 (task deleted) is logged and leaves the outbox at once; it is never tried again."""
-    from backend import outbox
+    from backend.jobqueue import outbox
 
     ls = RecordingLabelStudio(free_port())
     ls.post_status = 404
@@ -416,7 +416,7 @@ def test_outbox_drops_a_push_label_studio_refuses_for_good(redis_server, caplog)
 
 
 def test_outbox_retries_with_backoff_skips_what_label_studio_holds_and_expires(redis_server, caplog):
-    from backend import outbox
+    from backend.jobqueue import outbox
 
     refusing = socket.socket()
     refusing.bind(("127.0.0.1", 0))
@@ -455,7 +455,7 @@ def test_outbox_retries_with_backoff_skips_what_label_studio_holds_and_expires(r
 
 
 def test_outbox_claims_are_exclusive_and_come_back_after_the_lease(redis_server):
-    from backend import outbox
+    from backend.jobqueue import outbox
 
     settings = _outbox_settings(redis_server, free_port())
     prefix = settings.queue_prefix

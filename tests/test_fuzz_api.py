@@ -11,7 +11,7 @@ from __future__ import annotations
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from backend.api import create_app
+from backend.service.app import create_app
 from tests.test_api import make_settings
 
 EXAMPLES = 40

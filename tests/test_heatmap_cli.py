@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend import heatmap_cli
+from backend.cli import heatmap as heatmap_cli
 
 
 @pytest.fixture()

@@ -15,8 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from backend import images
-from backend.images import FetchPolicy, ImageError, decode_image, load_task_image, resolve_image_url
+from backend.labelstudio import images
+from backend.labelstudio.images import (
+    FetchPolicy,
+    ImageError,
+    decode_image,
+    load_task_image,
+    resolve_image_url,
+)
 from backend.settings import Settings
 from tests.fixtures import make_bad_inputs
 

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import jwt
 import pytest
 
-from backend.images import ImageError, load_task_image
+from backend.labelstudio.images import ImageError, load_task_image
 from tests.loopback_http import QuietHandler, start_server
 
 CORPUS = Path(__file__).parent / "fixtures" / "bad_inputs"

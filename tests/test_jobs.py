@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from backend.jobs import OptionsError, ProjectOptions, image_url_of, job_id, model_version, project_id
-from backend.label_config import parse_label_config
+from backend.jobqueue.jobs import image_url_of, job_id, project_id
+from backend.labelstudio.label_config import parse_label_config
+from backend.options import OptionsError, ProjectOptions, model_version
 from backend.settings import Settings
 
 SETTINGS = Settings.from_env({})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.label_config import LabelConfigError, Vocabulary, parse_label_config
+from backend.labelstudio.label_config import LabelConfigError, Vocabulary, parse_label_config
 
 CONFIG = """
 <View>

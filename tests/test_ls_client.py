@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import jwt
 import pytest
 
-from backend.ls_client import LabelStudioClient, LabelStudioError
+from backend.labelstudio.client import LabelStudioClient, LabelStudioError
 from tests.loopback_http import QuietHandler
 
 KEY = "test-signing-key-of-32-bytes-long"

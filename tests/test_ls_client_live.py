@@ -13,8 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from backend.images import ImageError, load_task_image
-from backend.ls_client import LabelStudioClient, LabelStudioError
+from backend.labelstudio.client import LabelStudioClient, LabelStudioError
+from backend.labelstudio.images import ImageError, load_task_image
 from tests.e2e import harness
 from tests.e2e.ls_rest import LabelStudioREST
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend import overlays
+from backend.labeling import overlays
 
 
 @dataclass

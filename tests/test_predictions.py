@@ -9,7 +9,7 @@ import pytest
 from label_studio_sdk.converter.brush import decode_from_annotation
 from label_studio_sdk.label_interface import LabelInterface
 
-from backend.predictions import (
+from backend.labeling.predictions import (
     brush_result,
     make_prediction,
     polygon_results,

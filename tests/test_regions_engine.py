@@ -9,7 +9,7 @@ import PIL.Image
 import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
-from backend.predictions import make_prediction, region_results
+from backend.labeling.predictions import make_prediction, region_results
 from gem_engine.engine import HeatmapEngine
 from gem_engine.models import load_model
 from gem_engine.regions import RegionOptions, extract_regions, mean_score

@@ -17,9 +17,10 @@ from PIL import Image
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from backend import queue as rq_queue
-from backend.jobs import ProjectOptions, make_payload, model_version
-from backend.label_config import parse_label_config
+from backend.jobqueue import queues as rq_queue
+from backend.jobqueue.jobs import make_payload
+from backend.labelstudio.label_config import parse_label_config
+from backend.options import ProjectOptions, model_version
 from backend.settings import Settings
 from gem_engine.rle import decode_rle
 from tests.loopback_http import QuietHandler, start_server
@@ -323,7 +324,7 @@ def test_per_project_options_from_setup(stack):
 def test_engine_cache_shares_a_model_between_methods_and_bounds_models(tiny_vit_checkpoint, files, tmp_path):
     import shutil
 
-    from backend.pipeline import MAX_MODELS, EngineCache, predict_payloads
+    from backend.labeling.pipeline import MAX_MODELS, EngineCache, predict_payloads
 
     settings = Settings.from_env(worker_env("", "tcache", tiny_vit_checkpoint, files))
     cache = EngineCache(settings)

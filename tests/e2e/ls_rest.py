@@ -1,6 +1,6 @@
 """A small Label Studio REST client for the end-to-end suite: the calls a user's clicks make.
 
-Kept separate from the product's own `backend/ls_client.py`, so that the suite checks the product
+Kept separate from the product's own `backend/labelstudio/client.py`, so that the suite checks the product
 against Label Studio's API as documented, not against itself.
 """
 

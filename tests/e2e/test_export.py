@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.jobs import ProjectOptions, image_url_of, make_payload, model_version
-from backend.label_config import parse_label_config
-from backend.pipeline import EngineCache, predict_payloads
+from backend.jobqueue.jobs import image_url_of, make_payload
+from backend.labeling.pipeline import EngineCache, predict_payloads
+from backend.labelstudio.label_config import parse_label_config
+from backend.options import ProjectOptions, model_version
 from backend.settings import Settings
 from tests.e2e.checks import brush_mask, check_prediction
 from tests.e2e.images import write_exif_rotated_jpeg, write_images

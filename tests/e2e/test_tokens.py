@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend import images
+from backend.labelstudio import images
 from backend.settings import Settings
 from tests.e2e.images import write_exif_rotated_jpeg
 from tests.e2e.label_configs import BRUSH_ONLY

@@ -20,12 +20,12 @@ from rq import SimpleWorker, get_current_job
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from backend import outbox
-from backend import queue as rq_queue
-from backend.jobs import ProjectOptions
-from backend.ls_client import LabelStudioError
-from backend.pipeline import EngineCache, TaskOutcome, predict_payloads
-from backend.reaper import Heartbeat
+from backend.jobqueue import outbox
+from backend.jobqueue import queues as rq_queue
+from backend.jobqueue.reaper import Heartbeat
+from backend.labeling.pipeline import EngineCache, EngineTimer, TaskOutcome, predict_payloads
+from backend.labelstudio.client import LabelStudioError
+from backend.options import ProjectOptions
 from backend.settings import Settings
 
 log = logging.getLogger("gem_labeler.worker")
@@ -44,7 +44,7 @@ class _State:
         if not self.settings.can_push:
             return None
         if self._ls_client is None:
-            from backend.ls_client import LabelStudioClient
+            from backend.labelstudio.client import LabelStudioClient
 
             self._ls_client = LabelStudioClient(self.settings.label_studio_url, self.settings.label_studio_api_key)
         return self._ls_client
@@ -80,7 +80,8 @@ def run_job(payload: dict[str, Any]) -> dict[str, Any]:
     if st.settings.worker_batch_size > 1:
         batch += _claim_waiting(conn, job, payload, st.settings.worker_batch_size - 1, st.settings.job_timeout_s)
     try:
-        outcomes = predict_payloads(batch, st.engines, st.settings, conn=conn, ls_client=st.ls_client())
+        outcomes = predict_payloads(batch, st.engines, st.settings, on_engine_run=_engine_timer(conn, prefix),
+                                    ls_client=st.ls_client())
     finally:
         # Claims of jobs left without a stored result are freed so their own run computes them.
         conn.delete(*[rq_queue.key(prefix, "claim", p["job_id"]) for p in batch])
@@ -97,6 +98,18 @@ def run_job(payload: dict[str, Any]) -> dict[str, Any]:
     summary = {"job_id": ident, "batch": len(batch)}
     summary.update({"error": own.error} if own.error else {"regions": own.regions})
     return summary
+
+
+def _engine_timer(conn: redis.Redis, prefix: str) -> EngineTimer:
+    """Return a callback that adds engine calls to the figures /metrics reads from Redis."""
+
+    def record(method: str, seconds: float, images: int) -> None:
+        try:
+            rq_queue.record_engine_time(conn, prefix, method, seconds, images)
+        except redis.RedisError:
+            log.warning("could not record engine time in Redis")
+
+    return record
 
 
 def _store(conn: redis.Redis, payload: dict[str, Any], outcome: TaskOutcome, st: _State) -> None:

@@ -30,7 +30,7 @@ import httpcore
 import httpx
 from PIL import Image, ImageOps
 
-from backend.ls_client import LabelStudioClient, LabelStudioError
+from backend.labelstudio.client import LabelStudioClient, LabelStudioError
 
 log = logging.getLogger(__name__)
 

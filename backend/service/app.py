@@ -1,4 +1,4 @@
-"""The HTTP API Label Studio talks to: parse, enqueue, wait, format. Never imports torch.
+"""The FastAPI app Label Studio talks to: parse, enqueue, wait, format. Never imports torch.
 
 Routes: GET /health, POST /setup, POST /predict, POST /webhook, GET /metrics, GET /jobs/{id}.
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import secrets
 import time
 from typing import Any
 
@@ -16,19 +15,14 @@ import pydantic_core
 import redis
 from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
-from backend import queue as rq_queue
-from backend.jobs import (
-    OptionsError,
-    ProjectOptions,
-    TaskJobs,
-    image_url_of,
-    model_version,
-    project_id,
-)
-from backend.label_config import LabelConfigError, Vocabulary, parse_label_config
-from backend.metrics import CONTENT_TYPE, ApiMetrics
+from backend.jobqueue import queues as rq_queue
+from backend.jobqueue.jobs import TaskJobs, image_url_of, project_id
+from backend.labelstudio.label_config import LabelConfigError, Vocabulary, parse_label_config
+from backend.options import OptionsError, ProjectOptions, model_version
+from backend.service.auth import basic_auth
+from backend.service.body_limit import BodyLimit
+from backend.service.metrics import CONTENT_TYPE, ApiMetrics
 from backend.settings import Settings
 
 log = logging.getLogger("gem_labeler.api")
@@ -57,47 +51,6 @@ class _Redis:
         return self._health
 
 
-class BodyLimit:
-    """ASGI middleware answering 413 to a request body over `max_bytes`, before more of it is read."""
-
-    def __init__(self, app: Any, *, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(send)
-        seen = 0
-
-        async def limited() -> Any:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:  # chunked bodies declare no length
-                raise _TooLarge(self.max_bytes)
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._refuse(send)
-
-    async def _refuse(self, send: Any) -> None:
-        body = json.dumps({"detail": f"request body over MAX_REQUEST_BYTES={self.max_bytes} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(HTTPException):
-    """Raised while reading a body that outgrew the limit; an HTTPException so FastAPI answers 413 itself."""
-
-    def __init__(self, max_bytes: int) -> None:
-        super().__init__(413, f"request body over MAX_REQUEST_BYTES={max_bytes} bytes")
-
-
 def _bad_request(message: str) -> HTTPException:
     return HTTPException(status_code=400, detail=message)
 
@@ -108,22 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     clients = _Redis(settings.redis_url)
     prefix = settings.queue_prefix
     metrics = ApiMetrics(clients.health, prefix)
-    basic = HTTPBasic(auto_error=False)
-
-    def check_auth(credentials: HTTPBasicCredentials | None = Depends(basic)) -> None:
-        if not settings.auth_enabled:
-            return
-        # Compare both fields in constant time and always both, so timing does not say which was wrong.
-        ok_user = secrets.compare_digest(
-            (credentials.username if credentials else "").encode(), settings.basic_auth_user.encode()
-        )
-        ok_pass = secrets.compare_digest(
-            (credentials.password if credentials else "").encode(), settings.basic_auth_pass.encode()
-        )
-        if not (credentials and ok_user and ok_pass):
-            raise HTTPException(401, "basic auth required", headers={"WWW-Authenticate": 'Basic realm="gem-labeler"'})
-
-    app = FastAPI(title="gem-labeler", dependencies=[Depends(check_auth)])
+    app = FastAPI(title="gem-labeler", dependencies=[Depends(basic_auth(settings))])
     app.state.settings = settings
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import redis
 
-from backend import queue as rq_queue
-from backend.ls_client import LabelStudioClient, LabelStudioError
+from backend.jobqueue import queues as rq_queue
+from backend.labelstudio.client import LabelStudioClient, LabelStudioError
 from backend.settings import Settings
 
 log = logging.getLogger("gem_labeler.outbox")

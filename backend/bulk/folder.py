@@ -23,10 +23,11 @@ from urllib.parse import quote
 
 import numpy as np
 
-from backend.bulk import Failure, Progress, StopRequest, Summary
-from backend.images import ImageError, decode_image
-from backend.jobs import ProjectOptions, make_payload, model_version
-from backend.label_config import Vocabulary
+from backend.bulk.common import Failure, Progress, StopRequest, Summary
+from backend.jobqueue.jobs import make_payload
+from backend.labelstudio.images import ImageError, decode_image
+from backend.labelstudio.label_config import Vocabulary
+from backend.options import ProjectOptions, model_version
 from backend.settings import Settings
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
@@ -100,12 +101,12 @@ class PipelineLabelerSpec:
 
 
 class PipelineLabeler:
-    """Folder images through `backend.pipeline`, exactly the path workers take for Label Studio tasks."""
+    """Folder images through `backend.labeling.pipeline`, exactly the path workers take for Label Studio tasks."""
 
     def __init__(self, spec: PipelineLabelerSpec) -> None:
         from dataclasses import replace
 
-        from backend.pipeline import EngineCache
+        from backend.labeling.pipeline import EngineCache
 
         # Images are read as local-files URLs under the folder: the same resolver, size and path checks.
         self.settings = replace(spec.settings, local_files_document_root=str(Path(spec.folder).resolve()))
@@ -117,7 +118,7 @@ class PipelineLabeler:
 
     def label(self, jobs: Sequence[ImageJob]) -> list[Labeled | LabelError]:
         """Return per job its prediction with regions and overlay map, or the error message."""
-        from backend.pipeline import predict_payloads
+        from backend.labeling.pipeline import predict_payloads
 
         payloads = [
             make_payload(
@@ -335,7 +336,7 @@ def label_batch(labeler: Labeler, jobs: Sequence[ImageJob], run: FolderRun) -> l
 
 def write_overlay(path: Path, labeled: Labeled, labels: Sequence[str], run: FolderRun, relpath: str) -> str:
     """Write an image's overlay PNG (combined heatmap, region outlines, label names); return its path under OUT."""
-    from backend.overlays import render_overview
+    from backend.labeling.overlays import render_overview
 
     # Decoded again (the pipeline read it by URL): the cost is small beside the engine, and only with overlays.
     image = decode_image(path.read_bytes())

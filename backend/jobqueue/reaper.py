@@ -20,7 +20,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from backend import queue as rq_queue
+from backend.jobqueue import queues as rq_queue
 
 log = logging.getLogger("gem_labeler.reaper")
 ALIVE_TTL_S = 10

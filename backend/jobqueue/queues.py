@@ -22,7 +22,7 @@ from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from backend.jobs import FAILURE_CALLBACK, JOB_FUNCTION
+from backend.jobqueue.jobs import FAILURE_CALLBACK, JOB_FUNCTION
 from backend.settings import Settings
 
 INTERACTIVE = "interactive"

@@ -15,18 +15,17 @@ import dataclasses
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import PIL.Image
-import redis
 
-from backend import images
-from backend import predictions as builders
-from backend import queue as rq_queue
-from backend.jobs import ProjectOptions
-from backend.label_config import Vocabulary
+from backend.labeling import predictions as builders
+from backend.labelstudio import images
+from backend.labelstudio.label_config import Vocabulary
+from backend.options import ProjectOptions
 from backend.settings import Settings
 from gem_engine.engine import HeatmapEngine
 from gem_engine.models import LoadedModel, WeightsNotFoundError, load_model
@@ -38,6 +37,8 @@ PERMANENT_ERRORS = (ValueError, TypeError, KeyError, WeightsNotFoundError)
 # Per-project models are loaded on demand; beyond this many the least recently used is dropped.
 MAX_MODELS = 2
 PAYLOAD_KEYS = ("job_id", "prefix", "image_url", "vocabulary", "options", "model_version")
+# Told of every engine call: (method, seconds, images); workers count them for /metrics.
+EngineTimer = Callable[[str, float, int], None]
 
 
 @dataclass
@@ -58,13 +59,13 @@ class EngineCache:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._models: dict[tuple[str, str, str], LoadedModel] = {}
-        self._engines: dict[tuple[str, str, str, str], HeatmapEngine] = {}
+        self._models: dict[tuple[Any, ...], LoadedModel] = {}  # by ProjectOptions.model_key()
+        self._engines: dict[tuple[Any, ...], HeatmapEngine] = {}  # by ProjectOptions.engine_key()
 
     def get(self, options: ProjectOptions) -> HeatmapEngine:
         """Return the engine for a project's model and method, loading the model on first use."""
         key = options.engine_key()
-        model_key = key[:3]
+        model_key = options.model_key()
         if model_key in self._models:  # mark as recently used
             self._models[model_key] = self._models.pop(model_key)
         engine = self._engines.get(key)
@@ -74,7 +75,7 @@ class EngineCache:
                 while len(self._models) >= MAX_MODELS:
                     oldest = next(iter(self._models))
                     del self._models[oldest]
-                    for stale in [k for k in self._engines if k[:3] == oldest]:
+                    for stale in [k for k in self._engines if k[: len(oldest)] == oldest]:
                         del self._engines[stale]
                     log.info("dropped model %s to make room", oldest[0])
                 started = time.monotonic()
@@ -119,7 +120,7 @@ def predict_payloads(
     engines: EngineCache,
     settings: Settings,
     *,
-    conn: redis.Redis | None = None,
+    on_engine_run: EngineTimer | None = None,
     ls_client: Any = None,
 ) -> list[TaskOutcome]:
     """Return one outcome per payload, in order; errors of one task never affect the others."""
@@ -152,7 +153,7 @@ def predict_payloads(
         groups[(options.engine_key(), work.prompts)].append(work)
 
     maps_of: dict[int, list[tuple[_Work, np.ndarray]]] = defaultdict(list)
-    for (engine_key, prompts), group in groups.items():
+    for (_engine, prompts), group in groups.items():
         options = ProjectOptions.from_dict(payloads[group[0].index]["options"])
         try:
             engine = engines.get(options)
@@ -167,11 +168,8 @@ def predict_payloads(
             for w in group:
                 outcomes[w.index] = TaskOutcome(error=f"engine: {type(exc).__name__}: {exc}", retry=True)
             continue
-        if conn is not None:
-            try:
-                rq_queue.record_engine_time(conn, payloads[0]["prefix"], engine_key[3], elapsed, len(group))
-            except redis.RedisError:
-                log.warning("could not record engine time in Redis")
+        if on_engine_run is not None:
+            on_engine_run(options.method, elapsed, len(group))
         for w, m in zip(group, maps, strict=True):
             maps_of[w.index].append((w, m))
 

@@ -24,11 +24,12 @@ from typing import Any
 
 import redis
 
-from backend import queue as rq_queue
-from backend.bulk import Failure, Progress, StopRequest, Summary, UsageError
-from backend.jobs import ProjectOptions, TaskJobs, image_url_of
-from backend.label_config import Vocabulary, parse_label_config
-from backend.ls_client import LabelStudioClient, LabelStudioError
+from backend.bulk.common import Failure, Progress, StopRequest, Summary, UsageError
+from backend.jobqueue import queues as rq_queue
+from backend.jobqueue.jobs import TaskJobs, image_url_of
+from backend.labelstudio.client import LabelStudioClient, LabelStudioError
+from backend.labelstudio.label_config import Vocabulary, parse_label_config
+from backend.options import ProjectOptions
 from backend.settings import Settings
 
 log = logging.getLogger("gem_labeler.bulk")
@@ -351,7 +352,7 @@ def _hint_if_no_workers(conn: Any, prefix: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------
-# Command-line entry (called by backend.bulk.main)
+# Command-line entry (called by backend.cli.prelabel.main)
 
 
 def run_project_mode(args: Any, settings: Settings, params: dict[str, Any]) -> Summary:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from backend.overlays import COLORMAPS, render_label_overlay
+from backend.labeling.overlays import COLORMAPS, render_label_overlay
 
 METHODS = ("gem", "gradcam", "patch", "qk", "vv")  # gem_engine.engine.METHODS, without importing torch here
 
@@ -97,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the `heatmap` subcommand; return the exit status (0 ok, 2 bad input, 3 model cannot load)."""
-    from backend.images import ImageError, decode_image
+    from backend.labelstudio.images import ImageError, decode_image
     from backend.settings import Settings, SettingsError
 
     try:

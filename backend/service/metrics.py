@@ -9,8 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from backend import outbox
-from backend import queue as rq_queue
+from backend.jobqueue import outbox
+from backend.jobqueue import queues as rq_queue
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

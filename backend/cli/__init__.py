@@ -1,7 +1,8 @@
-"""`gem-labeler`: serve (API + workers), api, worker; prelabel and heatmap live in their own modules.
+"""`gem-labeler`, every entry point: serve (API + workers), api and worker here; `prelabel` (bulk
+pre-labeling) and `heatmap` (per-label heatmaps of an image) in their own modules of this package.
 
-The API process must never import torch, so this module imports nothing heavy at the top: each
-subcommand imports what it needs.
+The top of the import graph: it may import every other backend package. The API process must never import
+torch, so this module imports nothing heavy at the top: each subcommand imports what it needs.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from backend.settings import Settings, SettingsError
 log = logging.getLogger("gem_labeler.cli")
 # Subcommands owned by other modules: each exposes main(argv) -> int and parses its own arguments.
 DELEGATED = {
-    "prelabel": ("backend.bulk", "pre-label a whole Label Studio project or a folder of images"),
-    "heatmap": ("backend.heatmap_cli", "write per-label heatmaps of images (debugging, figures)"),
+    "prelabel": ("backend.cli.prelabel", "pre-label a whole Label Studio project or a folder of images"),
+    "heatmap": ("backend.cli.heatmap", "write per-label heatmaps of images (debugging, figures)"),
 }
 
 
@@ -65,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not settings.redis_url:  # say so before paying for the torch import
             print("gem-labeler worker: REDIS_URL is not set: a worker needs the Redis the API uses", file=sys.stderr)
             return 2
-        from backend import worker
+        from backend.jobqueue import worker
 
         return worker.main(settings, burst=args.burst)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_api(settings: Settings) -> int:
     import uvicorn
 
-    from backend.api import create_app
+    from backend.service.app import create_app
 
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
     return 0
@@ -115,7 +116,3 @@ def _serve(settings: Settings, *, workers: int) -> int:
                 child.kill()
         if embedded is not None:
             embedded.shutdown()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

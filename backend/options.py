@@ -1,0 +1,317 @@
+"""Per-project options, each declared once in `OPTIONS`; everything that reads or shows one derives from it.
+
+An `Option` says what it means, which environment variable holds the deployment default, which key of
+Label Studio's `extra_params` and which `gem-labeler prelabel` flag override it, how a value is read and
+checked (its `Kind`), what a change rebuilds (its `stage`) and whether it enters the model version. From
+the table come:
+- `Settings` fields (one per option, read from its variable) through `option_fields`;
+- `ProjectOptions` (one project's values: the defaults, then its extra params or the command-line flags);
+- the prelabel flags (`add_flags`, `flag_params`), `model_version`, and the README table of per-project
+  options that tests/test_options.py checks.
+
+A bad value raises ValueError naming the key it came under (variable, extra param or flag). Standard
+library only: the HTTP service imports this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+PRODUCT = "gem-labeler"
+
+
+def choices(values: tuple[str, ...]) -> str:
+    """Return "'a', 'b' or 'c'" for an error message."""
+    quoted = [repr(v) for v in values]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+class WrongType(ValueError):
+    """A raw value of the wrong type; the message names what is needed ("a number")."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Kinds: how values are read from text (variables, flags) or JSON (extra params), and fingerprinted.
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How one type of option value is read and checked, and what of it enters the model version."""
+
+    annotation: str  # type of the Settings and ProjectOptions fields
+    # Raw text or JSON value -> the value; raises WrongType, or ValueError("must be ..."). Reading a value
+    # it returned gives it back, so values can be read again from payloads and overrides.
+    read: Callable[[Any], Any]
+    fingerprint: Callable[[Any], Any] = lambda value: value
+
+
+def _text(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise WrongType("text")
+    return raw.strip()
+
+
+def _file_name(value: str) -> str:
+    return value.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def text() -> Kind:
+    """Return the kind of free text (a model name)."""
+    return Kind("str", _text)
+
+
+def file_or_name() -> Kind:
+    """Return the kind of a name or a file path; only the file name enters the model version, so the same
+    file mounted elsewhere gives the same version."""
+    return Kind("str", _text, fingerprint=_file_name)
+
+
+def choice(*values: str) -> Kind:
+    """Return the kind of one of `values`."""
+
+    def read(raw: Any) -> str:
+        value = _text(raw)
+        if value not in values:
+            raise ValueError(f"must be {choices(values)}, not {value!r}")
+        return value
+
+    return Kind("str", read)
+
+
+def _number(raw: Any) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise WrongType("a number")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise WrongType("a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number, not {value}")
+    return value
+
+
+def number(low: float | None = None, high: float | None = None, *, high_open: bool = False) -> Kind:
+    """Return the kind of a finite number, in [low, high] (or [low, high) when `high_open`) when given."""
+
+    def read(raw: Any) -> float:
+        value = _number(raw)
+        too_low = low is not None and value < low
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high:
+            raise ValueError(f"must be in [{low:g}, {high:g}{')' if high_open else ']'}, not {value}")
+        return value
+
+    return Kind("float", read)
+
+
+def otsu_or_fraction() -> Kind:
+    """Return the kind of a threshold: "otsu" or a number in [0, 1], kept as the text it was given in."""
+
+    def read(raw: Any) -> str:
+        text_form = str(raw).strip()
+        if text_form == "otsu":
+            return text_form
+        try:
+            value = _number(raw)
+        except ValueError:
+            raise ValueError(f"must be 'otsu' or a number in [0, 1], not {raw!r}") from None
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"must be in [0, 1], not {value}")
+        return text_form
+
+    return Kind("str", read)
+
+
+def names(allowed: tuple[str, ...]) -> Kind:
+    """Return the kind of a non-empty selection of `allowed`: a comma list in text, or a JSON list."""
+
+    def read(raw: Any) -> tuple[str, ...]:
+        if isinstance(raw, str):
+            raw = raw.split(",")
+        if not isinstance(raw, list | tuple) or not all(isinstance(item, str) for item in raw):
+            raise WrongType("a comma list or a list of strings")
+        items = tuple(item.strip().lower() for item in raw if item.strip())
+        bad = [item for item in items if item not in allowed]
+        if bad:
+            raise ValueError(f"may only name {choices(allowed)}, not {bad}")
+        if not items:
+            raise ValueError(f"must name at least one of {choices(allowed)}")
+        return items
+
+    return Kind("tuple[str, ...]", read)
+
+
+# --------------------------------------------------------------------------------------------------
+# The table
+
+
+@dataclass(frozen=True)
+class Option:
+    """One per-project option: where its values come from, how they are read, what they change."""
+
+    name: str  # field of Settings and ProjectOptions
+    env: str  # environment variable holding the deployment default
+    flag: str  # `gem-labeler prelabel` flag
+    kind: Kind
+    default: Any  # the value when the variable is unset (as `kind.read` returns it)
+    meaning: str  # one line, for the README and --help
+    # What a new value rebuilds: the loaded model, the engine on it, or only the regions and results drawn
+    # from the engine's maps. Workers keep one model per "model" values and one engine per "engine" values.
+    stage: Literal["model", "engine", "regions", "output"]
+    # How it enters the model version: spelled out, in the digest, or not at all (it never changes results).
+    version: Literal["spelled", "hashed", "none"] = "hashed"
+    param: str = ""  # key in extra_params when not `name`
+    aliases: tuple[str, ...] = ()  # other extra_params keys accepted for it
+
+    @property
+    def key(self) -> str:
+        """Return its extra_params key."""
+        return self.param or self.name
+
+    def read(self, raw: Any, source: str) -> Any:
+        """Return the value `raw` stands for; raise ValueError naming `source` (a variable, key or flag)."""
+        try:
+            return self.kind.read(raw)
+        except WrongType as exc:
+            raise ValueError(f"{source}={raw!r} has the wrong type: {exc} needed") from None
+        except ValueError as exc:
+            raise ValueError(f"{source} {exc}") from None
+
+
+OUTPUT_TYPES = ("brush", "polygon", "rectangle")
+
+# The model version lists the "spelled" options in table order, then a digest of the "hashed" ones in
+# table order: keep the order of existing options (model_config comes last for that reason) so that
+# versions made before stay the same, and add new options at the end.
+OPTIONS: tuple[Option, ...] = (
+    Option("method", "METHOD", "--method", choice("gem", "gradcam"), "gem",
+           "heatmap method: `gem` or `gradcam`", stage="engine", version="spelled"),
+    Option("model_name", "MODEL_NAME", "--model", text(), "ViT-B-16",
+           "open_clip model name (a ViT for GEM; ViT or ResNet for Grad-CAM)",
+           stage="model", version="spelled", param="model", aliases=("model_name",)),
+    Option("model_pretrained", "MODEL_PRETRAINED", "--pretrained", file_or_name(), "openai",
+           "open_clip pretrained tag, or a local checkpoint file (.pt/.bin/.safetensors)",
+           stage="model", version="spelled"),
+    Option("region_mode", "REGION_MODE", "--region-mode", choice("semantic", "independent"), "semantic",
+           "`semantic` (each pixel to its best label or background) or `independent` (per-label threshold)",
+           stage="regions"),
+    Option("threshold", "THRESHOLD", "--threshold", otsu_or_fraction(), "otsu",
+           "threshold on each label's normalized heatmap: `otsu` or a number in [0, 1]", stage="regions"),
+    Option("min_area", "MIN_AREA", "--min-area", number(0.0, 1.0, high_open=True), 0.001,
+           "smallest region kept, as a fraction of the image area", stage="regions"),
+    Option("score_threshold", "SCORE_THRESHOLD", "--score-threshold", number(), 0.0,
+           "regions scoring below this are dropped", stage="regions"),
+    Option("outputs", "OUTPUTS", "--outputs", names(OUTPUT_TYPES), OUTPUT_TYPES,
+           "which result types (`brush`, `polygon`, `rectangle`) to produce when the label config has the "
+           "control for them", stage="output"),
+    Option("model_config", "MODEL_CONFIG", "--model-config", file_or_name(), "",
+           "JSON open_clip model config registered under its file stem (custom models)", stage="model"),
+)
+# extra_params key (and alias) -> option
+BY_KEY: dict[str, Option] = {key: o for o in OPTIONS for key in (o.key, *o.aliases)}
+
+
+def spell(value: Any) -> str:
+    """Return a value as an environment variable or a flag would hold it."""
+    return ",".join(value) if isinstance(value, tuple) else str(value)
+
+
+def option_fields(cls: type) -> type:
+    """Add one field per option (default from the table) to a class about to become a dataclass."""
+    annotations = dict(cls.__dict__.get("__annotations__", {}))
+    for option in OPTIONS:
+        annotations[option.name] = option.kind.annotation
+        meaning = f"default of the per-project option `{option.key}` (see Per-project options)"
+        setattr(cls, option.name, field(default=option.default,
+                                        metadata={"env": option.env, "meaning": meaning, "option": option}))
+    cls.__annotations__ = annotations
+    return cls
+
+
+# --------------------------------------------------------------------------------------------------
+# One project's values
+
+
+class OptionsError(ValueError):
+    """A per-project option (Label Studio `extra_params`) has a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+@option_fields
+class ProjectOptions:
+    """The options one project's predictions are made with: a field per entry of `OPTIONS`."""
+
+    @classmethod
+    def from_settings(cls, settings: Any, extra_params: Mapping[str, Any] | None = None) -> ProjectOptions:
+        """Return the environment's defaults (`Settings`) overridden by a project's extra params.
+
+        Raises OptionsError naming the first key that is unknown or holds a bad value.
+        """
+        base = cls(**{o.name: o.read(getattr(settings, o.name), o.env) for o in OPTIONS})
+        return base.with_params(extra_params or {})
+
+    def with_params(self, params: Mapping[str, Any]) -> ProjectOptions:
+        """Return these options with `params` (extra_params keys; a later key for the same option wins) applied."""
+        if not isinstance(params, Mapping):
+            raise OptionsError("extra_params must be a JSON object")
+        unknown = sorted(key for key in params if key not in BY_KEY)
+        if unknown:
+            raise OptionsError(f"unknown extra params {unknown}; known: {sorted(BY_KEY)}")
+        changes: dict[str, Any] = {}
+        for key, raw in params.items():
+            option = BY_KEY[key]
+            try:
+                changes[option.name] = option.read(raw, key)
+            except ValueError as exc:
+                raise OptionsError(str(exc)) from None
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready form (the `options` of a job payload)."""
+        return {o.name: list(v) if isinstance(v := getattr(self, o.name), tuple) else v for o in OPTIONS}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProjectOptions:
+        """Return the options `to_dict` described; an option the dict lacks (older payload) takes its default."""
+        return cls(**{o.name: o.read(data[o.name], o.name) for o in OPTIONS if o.name in data})
+
+    def model_key(self) -> tuple[Any, ...]:
+        """Return what decides which loaded model serves these options."""
+        return tuple(getattr(self, o.name) for o in OPTIONS if o.stage == "model")
+
+    def engine_key(self) -> tuple[Any, ...]:
+        """Return what decides which engine serves these options: the model key, then the engine's options."""
+        return self.model_key() + tuple(getattr(self, o.name) for o in OPTIONS if o.stage == "engine")
+
+
+def model_version(options: ProjectOptions) -> str:
+    """Return the stable version string of predictions made with `options`: the product, the spelled-out
+    options (method, model, weights file or tag), and a digest of the others that change results."""
+    spelled = [o.kind.fingerprint(getattr(options, o.name)) or "none" for o in OPTIONS if o.version == "spelled"]
+    hashed = [o.kind.fingerprint(getattr(options, o.name)) for o in OPTIONS if o.version == "hashed"]
+    digest = hashlib.sha256(json.dumps(hashed).encode()).hexdigest()[:8]
+    return "-".join([PRODUCT, *spelled, digest])
+
+
+# --------------------------------------------------------------------------------------------------
+# Command-line flags of `gem-labeler prelabel`
+
+
+def add_flags(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    """Add one flag per option; its value stays text until `flag_params` reads it."""
+    for option in OPTIONS:
+        group.add_argument(option.flag, dest=option.name,
+                           help=f"{option.meaning.replace('`', '')} (default: {option.env})")
+
+
+def flag_params(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the options given as flags, read, by extra_params key; raise ValueError naming a bad flag."""
+    given = [(o, getattr(args, o.name)) for o in OPTIONS if getattr(args, o.name, None) is not None]
+    return {o.key: o.read(raw, o.flag) for o, raw in given}
+

@@ -1,0 +1,134 @@
+"""The per-project option table: every option reads the same from its variable, its extra param and its flag,
+a bad value names the key it came under, the model version and engine keys follow the table, and the README
+documents every option as declared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from backend.cli import prelabel
+from backend.options import OPTIONS, OptionsError, ProjectOptions, model_version, spell
+from backend.service.app import create_app
+from backend.settings import ENV_VARS, Settings, SettingsError
+
+ROOT = Path(__file__).parents[1]
+DEFAULTS = Settings.from_env({})
+CONFIG = '<View><Image name="i" value="$image"/><BrushLabels name="b" toName="i"><Label value="cat"/></BrushLabels></View>'
+# A value other than the default, as text, for options whose effect the tests below check; an option not
+# listed here is checked with its default spelled as text.
+EXAMPLES = {
+    "method": "gradcam",
+    "model_name": "ViT-B-32",
+    "model_pretrained": "/weights/a/tiny.pt",
+    "region_mode": "independent",
+    "threshold": "0.4",
+    "min_area": "0.01",
+    "score_threshold": "0.2",
+    "outputs": "polygon, rectangle",
+    "model_config": "/configs/tiny-vit.json",
+}
+BAD = {
+    "method": "sam",
+    "region_mode": "panoptic",
+    "threshold": "high",
+    "min_area": "big",
+    "score_threshold": "nan",
+    "outputs": "masks",
+}
+VERSION_CELL = {"spelled": "in its name", "hashed": "in its hash", "none": "no"}
+
+
+def _text(option) -> str:
+    return EXAMPLES.get(option.name, spell(option.default))
+
+
+def _from_flag(option, text: str) -> ProjectOptions:
+    args = prelabel.build_parser().parse_args(["--images", "photos", option.flag, text])
+    return ProjectOptions.from_settings(DEFAULTS, prelabel.flag_params(args))
+
+
+def test_keys_variables_and_flags_are_unique_and_known():
+    for attribute in ("key", "env", "flag", "name"):
+        values = [getattr(o, attribute) for o in OPTIONS]
+        assert len(values) == len(set(values)), attribute
+    variables = {name for name, _, _ in ENV_VARS}
+    assert {o.env for o in OPTIONS} <= variables
+
+
+@pytest.mark.parametrize("option", OPTIONS, ids=lambda o: o.name)
+def test_variable_extra_param_and_flag_give_the_same_value(option):
+    text = _text(option)
+    from_env = ProjectOptions.from_settings(Settings.from_env({option.env: text}))
+    from_params = ProjectOptions.from_settings(DEFAULTS, {option.key: text})
+    assert from_env == from_params == _from_flag(option, text)
+    assert ProjectOptions.from_dict(from_env.to_dict()) == from_env
+    if option.name in EXAMPLES:
+        assert getattr(from_env, option.name) != option.default
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_a_bad_value_names_its_key_wherever_it_comes_from(name, tmp_path, capsys):
+    option = next(o for o in OPTIONS if o.name == name)
+    bad = BAD[name]
+    with pytest.raises(SettingsError, match=f"^{option.env}[ =]"):
+        Settings.from_env({option.env: bad})
+    with pytest.raises(OptionsError, match=f"^{option.key}[ =]"):
+        ProjectOptions.from_settings(DEFAULTS, {option.key: bad})
+    reply = TestClient(create_app(DEFAULTS)).post("/setup", json={"schema": CONFIG, "extra_params": {option.key: bad}})
+    assert reply.status_code == 400 and reply.json()["detail"].startswith(f"extra_params: {option.key}")
+    out = tmp_path / "out"
+    assert prelabel.main(["--images", str(tmp_path), "--config", "x.xml", "--out", str(out), option.flag, bad]) == 2
+    assert f"gem-labeler prelabel: {option.flag}" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_wrong_types_in_extra_params_are_named():
+    for params, message in [({"min_area": [1]}, "min_area=[1] has the wrong type: a number needed"),
+                            ({"method": 5}, "method=5 has the wrong type: text needed"),
+                            ({"outputs": [1]}, "outputs=[1] has the wrong type"),
+                            ({"threshold": True}, "threshold must be 'otsu' or a number in [0, 1], not True")]:
+        with pytest.raises(OptionsError) as caught:
+            ProjectOptions.from_settings(DEFAULTS, params)
+        assert str(caught.value).startswith(message), caught.value
+
+
+def test_model_versions_made_before_the_table_stay_the_same():
+    # Values printed by the code before the option table (commit ac40dbf): stored predictions keep matching.
+    assert model_version(ProjectOptions.from_settings(DEFAULTS)) == "gem-labeler-gem-ViT-B-16-openai-932b0a87"
+    custom = ProjectOptions.from_settings(DEFAULTS, {
+        "method": "gradcam", "model": "tiny-vit", "model_pretrained": "/w/a/tiny.pt", "model_config": "/x/tiny-vit.json",
+        "threshold": 0.4, "min_area": "0.01", "score_threshold": 0.2, "outputs": ["polygon", "brush"],
+        "region_mode": "independent"})
+    assert model_version(custom) == "gem-labeler-gradcam-tiny-vit-tiny.pt-fb7370db"
+
+
+@pytest.mark.parametrize("option", [o for o in OPTIONS if o.name in EXAMPLES], ids=lambda o: o.name)
+def test_the_model_version_and_engine_keys_follow_the_table(option):
+    base = ProjectOptions.from_settings(DEFAULTS)
+    changed = base.with_params({option.key: EXAMPLES[option.name]})
+    assert (model_version(changed) != model_version(base)) == (option.version != "none")
+    assert (changed.model_key() != base.model_key()) == (option.stage == "model")
+    assert (changed.engine_key() != base.engine_key()) == (option.stage in ("model", "engine"))
+
+
+def test_a_payload_without_a_newer_option_takes_its_default():
+    options = ProjectOptions.from_settings(DEFAULTS, {"threshold": "0.3"})
+    older = {k: v for k, v in options.to_dict().items() if k != "outputs"}
+    assert ProjectOptions.from_dict(older) == options
+
+
+def test_readme_documents_every_option_as_declared():
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = cells[1:]
+    assert list(rows) == [o.key for o in OPTIONS], "README's per-project options table lists other keys"
+    for option in OPTIONS:
+        default = spell(option.default)
+        expected = [f"`{option.env}`", f"`{option.flag}`", f"`{default}`" if default else "(empty)",
+                    VERSION_CELL[option.version], option.meaning]
+        assert rows[option.key] == expected, option.key
