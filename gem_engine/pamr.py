@@ -88,7 +88,9 @@ def refine(image: torch.Tensor, maps: torch.Tensor, iterations: int = DEFAULT_PA
         maps = F.interpolate(maps.unsqueeze(0), size=size, mode="bilinear", align_corners=True)[0]
     if iterations == 0 or maps.shape[0] == 0:
         return maps
-    weights = affinities(image, dilations)
+    # The affinity logits reach tens on sharp edges, where float32 rounding would move the softmax
+    # weights by ~1e-6; computed once per image in float64, they cost little next to the iterations.
+    weights = affinities(image.double(), dilations).to(maps.dtype)
     offsets = neighbour_offsets(dilations)
     pad = max(dilations)
     for _ in range(iterations):
