@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 
 from gem_engine import onednn
-from gem_engine.gem import StreamOutput, block_weights, mlp_residual, project, residual_linear
+from gem_engine.gem import StreamOutput, block_weights, merge_heads, mlp_residual, project, residual_linear
 
 LAST_BLOCK_METHODS = ("naclip", "sclip", "clearclip")
 DEFAULT_NACLIP_STD = 5.0  # the published default (NACLIP's gaussian_std)
@@ -107,8 +107,7 @@ def last_block_tokens(visual: VisionTransformer, streams: StreamOutput, options:
     block = visual.transformer.resblocks[-1]
     weights = block_weights(block)
     attended = last_block_attention(*streams.last_qkv, streams.grid, options)
-    batch, heads, tokens, dim = attended.shape
-    merged = attended.transpose(1, 2).reshape(batch, tokens, heads * dim)
+    merged = merge_heads(attended)
     if _KEEPS_RESIDUAL[options.method]:
         x = residual_linear(streams.last_input, weights.out_proj, weights.ls_1, merged)
         x = mlp_residual(block, x)
