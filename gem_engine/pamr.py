@@ -13,8 +13,8 @@ Input: an image x [K, H, W] and maps m [C, h, w] (one per prompt, raw values). S
 
 Defaults are those of NACLIP's and SCLIP's code (10 iterations, dilations (8, 16)); Araslanov & Roth
 used dilations (1, 2, 4, 8, 12, 24). The refinement is linear in the maps, so it commutes with the
-softmax's logit scale applied afterwards. Memory stays at a few copies of the maps: the neighbours
-are read as shifted views of one padded tensor, one at a time.
+softmax's logit scale applied afterwards. Memory stays at two copies of the maps for all iterations:
+the neighbours are read as shifted views of one padded tensor, one at a time.
 """
 
 from __future__ import annotations
@@ -50,6 +50,15 @@ def neighbour_offsets(dilations: Sequence[int]) -> list[tuple[int, int]]:
 
 def _replicate_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
     return F.pad(x.unsqueeze(0), [pad] * 4, mode="replicate")[0]
+
+
+def _replicate_borders(padded: torch.Tensor, pad: int, size: tuple[int, int]) -> None:
+    """Fill the border of a padded [..., H + 2 pad, W + 2 pad] tensor from its centre's edge pixels, in place."""
+    top, left, bottom, right = pad, pad, pad + size[0], pad + size[1]
+    padded[..., :top, left:right] = padded[..., top : top + 1, left:right]
+    padded[..., bottom:, left:right] = padded[..., bottom - 1 : bottom, left:right]
+    padded[..., :left] = padded[..., left : left + 1]
+    padded[..., right:] = padded[..., right - 1 : right]
 
 
 def _shifted(padded: torch.Tensor, pad: int, offset: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
@@ -93,13 +102,18 @@ def refine(image: torch.Tensor, maps: torch.Tensor, iterations: int = DEFAULT_PA
     weights = affinities(image.double(), dilations).to(maps.dtype)
     offsets = neighbour_offsets(dilations)
     pad = max(dilations)
-    for _ in range(iterations):
-        padded = _replicate_pad(maps, pad)
-        refined = torch.zeros_like(maps)
+    # Two buffers serve every iteration: the padded current maps and the refined ones.
+    padded = _replicate_pad(maps, pad)
+    centre = _shifted(padded, pad, (0, 0), size)
+    refined = torch.empty_like(maps)
+    for iteration in range(iterations):
+        refined.zero_()
         for weight, offset in zip(weights, offsets, strict=True):
             refined.addcmul_(_shifted(padded, pad, offset, size), weight)
-        maps = refined
-    return maps
+        if iteration < iterations - 1:
+            centre.copy_(refined)
+            _replicate_borders(padded, pad, size)
+    return refined
 
 
 def refine_maps(maps: torch.Tensor, image: torch.Tensor, iterations: int = DEFAULT_PAMR_ITERATIONS,
