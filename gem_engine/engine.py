@@ -129,7 +129,7 @@ class HeatmapEngine:
         return embeddings.to(self.loaded.device), owner, len(labels)
 
     def heatmaps(self, images: Sequence[PIL.Image.Image], prompts: Sequence[Sequence[str]]) -> list[np.ndarray]:
-        """Return per image a float32 [L, rows, cols] raw map at patch-grid resolution, one per label."""
+        """Return per image a float32 [L, rows, cols] raw map per label: patch grid, or model input with PAMR."""
         if isinstance(images, PIL.Image.Image):
             raise TypeError("images must be a sequence of PIL images; wrap a single image in a list")
         embeddings, owner, label_count = self.text(prompts)

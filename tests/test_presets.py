@@ -49,3 +49,10 @@ def test_each_preset_runs_end_to_end(tiny_vit, name):
 def test_unknown_preset_names_the_known_ones():
     with pytest.raises(ValueError, match="naclip"):
         get_preset("maskclip")
+
+
+def test_a_window_smaller_than_a_patch_is_refused(tiny_vit):
+    with pytest.raises(ValueError, match="window_size 8"):
+        HeatmapEngine(wrap_model(tiny_vit, "tiny-vit"), input_mode="sliding", window_size=8)
+    with pytest.raises(ValueError, match="window size 8"):
+        prepare(photo(50, 40), mode="sliding", size=96, window=8, patch=(16, 16), mean=(0.5,) * 3, std=(0.5,) * 3)
