@@ -12,12 +12,22 @@ import torch
 
 from gem_engine import text as text_module
 from gem_engine.baselines import anchor_attention_maps, patch_maps
-from gem_engine.gem import DEFAULT_GEM_BLOCKS, GemOptions, check_vit, cosine_maps, patch_features, run_streams
+from gem_engine.gem import (
+    DEFAULT_GEM_BLOCKS,
+    POS_INTERPOLATIONS,
+    GemOptions,
+    check_vit,
+    cosine_maps,
+    patch_features,
+    run_streams,
+)
+from gem_engine.last_block import DEFAULT_NACLIP_STD, LAST_BLOCK_METHODS, LastBlockOptions, last_block_tokens
 from gem_engine.models import LoadedModel, UnsupportedModelError
+from gem_engine.pamr import DEFAULT_PAMR_DILATIONS, check_pamr, refine_maps
 from gem_engine.preprocess import INPUT_MODES, Prepared, prepare
 
-METHODS = ("gem", "gradcam", "patch", "qk", "vv")
-TOKEN_METHODS = ("gem", "patch", "qk", "vv")
+METHODS = ("gem", "gradcam", "patch", "qk", "vv", *LAST_BLOCK_METHODS)
+TOKEN_METHODS = ("gem", "patch", "qk", "vv", *LAST_BLOCK_METHODS)
 REFERENCE_SIZE = 448  # the GEM reference's input resolution
 
 
@@ -36,7 +46,13 @@ class EngineOptions:
     # self-self attention tensors already fill the cache and bigger batches ran 12% slower per image.
     batch_size: int | None = None
     window_stride: float = 2 / 3
+    window_size: int | None = None  # sliding: window edge in pixels; None: image_size
     max_side: int = 1344
+    # None: the method's published choice, "dino" for naclip/sclip/clearclip, "antialias" otherwise
+    pos_interpolation: str | None = None
+    naclip_std: float = DEFAULT_NACLIP_STD
+    pamr_iterations: int = 0  # > 0: refine the maps with PAMR, returned at the model-input resolution
+    pamr_dilations: tuple[int, ...] = DEFAULT_PAMR_DILATIONS
     gradcam_layer: object | None = None
     gradcam_target: str = "cosine"
     gradcam_chunk_size: int = 64
@@ -65,6 +81,14 @@ class HeatmapEngine:
             raise ValueError(f"batch_size must be >= 1, got {opts.batch_size}")
         if not 0 < opts.window_stride <= 1:
             raise ValueError(f"window_stride must be in (0, 1], got {opts.window_stride}")
+        if opts.pos_interpolation is not None and opts.pos_interpolation not in POS_INTERPOLATIONS:
+            raise ValueError(f"unknown pos_interpolation {opts.pos_interpolation!r}: use one of "
+                             f"{', '.join(POS_INTERPOLATIONS)}")
+        self.pamr_dilations = check_pamr(opts.pamr_iterations, opts.pamr_dilations)
+        self.pos_interpolation = opts.pos_interpolation or ("dino" if method in LAST_BLOCK_METHODS else "antialias")
+        self.last_block_options = (
+            LastBlockOptions(method, opts.naclip_std) if method in LAST_BLOCK_METHODS else None
+        )
         self.loaded = loaded
         self.method = method
         if method in TOKEN_METHODS:
@@ -90,6 +114,8 @@ class HeatmapEngine:
             gem_blocks = DEFAULT_GEM_BLOCKS
         if self.size < max(self.patch):
             raise ValueError(f"image_size {self.size} is smaller than one patch {self.patch}")
+        if opts.window_size is not None and opts.window_size < max(self.patch):
+            raise ValueError(f"window_size {opts.window_size} is smaller than one patch {self.patch}")
         self.gem_options = GemOptions(gem_blocks, opts.gem_iterations, opts.gem_temperature)
 
     def text(self, prompts: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -103,7 +129,7 @@ class HeatmapEngine:
         return embeddings.to(self.loaded.device), owner, len(labels)
 
     def heatmaps(self, images: Sequence[PIL.Image.Image], prompts: Sequence[Sequence[str]]) -> list[np.ndarray]:
-        """Return per image a float32 [L, rows, cols] raw map at patch-grid resolution, one per label."""
+        """Return per image a float32 [L, rows, cols] raw map per label: patch grid, or model input with PAMR."""
         if isinstance(images, PIL.Image.Image):
             raise TypeError("images must be a sequence of PIL images; wrap a single image in a list")
         embeddings, owner, label_count = self.text(prompts)
@@ -112,6 +138,8 @@ class HeatmapEngine:
         prepared = [self._prepare(image) for image in images]
         grids = [self._run(item, embeddings) for item in self._windows(prepared)]
         results = self._assemble(prepared, grids)
+        if self.options.pamr_iterations > 0:
+            results = [self._refine(maps, item) for maps, item in zip(results, prepared, strict=True)]
         return [self._combine(maps, owner, label_count) for maps in results]
 
     def _prepare(self, image: PIL.Image.Image) -> Prepared:
@@ -124,7 +152,12 @@ class HeatmapEngine:
             std=self.loaded.std,
             stride=self.options.window_stride,
             max_side=self.options.max_side,
+            window=self.options.window_size,
         )
+
+    def _refine(self, maps: torch.Tensor, item: Prepared) -> torch.Tensor:
+        """Return [P, H, W] maps upsampled to the model-input image and refined by PAMR on it."""
+        return refine_maps(maps, item.pixels, self.options.pamr_iterations, self.pamr_dilations)
 
     def _windows(self, prepared: list[Prepared]):
         """Yield batches of same-shaped windows with their (image, window) owners."""
@@ -157,11 +190,18 @@ class HeatmapEngine:
 
     def _token_maps(self, pixels: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         visual = self.loaded.model.visual
+        interpolation = self.pos_interpolation
         if self.method == "gem":
-            streams = run_streams(visual, pixels, self.gem_options)
+            streams = run_streams(visual, pixels, self.gem_options, interpolation=interpolation)
             return cosine_maps(patch_features(streams.gem), embeddings, streams.grid)
+        if self.last_block_options is not None:
+            streams = run_streams(visual, pixels, None, want_last_qkv=True, want_last_input=True,
+                                  interpolation=interpolation)
+            tokens = last_block_tokens(visual, streams, self.last_block_options)
+            return cosine_maps(patch_features(tokens), embeddings, streams.grid)
         needs_qkv = self.method in ("qk", "vv")
-        streams = run_streams(visual, pixels, None, want_original=True, want_last_qkv=needs_qkv)
+        streams = run_streams(visual, pixels, None, want_original=True, want_last_qkv=needs_qkv,
+                              interpolation=interpolation)
         if self.method == "patch":
             return patch_maps(streams, embeddings)
         return anchor_attention_maps(streams, embeddings, self.method)

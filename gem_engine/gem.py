@@ -18,6 +18,10 @@ from gem_engine import onednn
 from gem_engine.models import UnsupportedModelError
 
 DEFAULT_GEM_BLOCKS = 6  # the reference's gem_depth=7 modifies the last 6 blocks
+# How position embeddings reach a grid other than the native one. "antialias": the GEM reference's
+# bicubic resize to the exact grid with antialiasing. "dino": DINO's recipe, which the NACLIP, SCLIP and
+# ClearCLIP code use: bicubic without antialiasing at scale factor (n + 0.1) / native per side.
+POS_INTERPOLATIONS = ("antialias", "dino")
 
 
 @dataclass(frozen=True)
@@ -95,14 +99,17 @@ _POS_CACHE: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDi
 _POS_LOCK = threading.Lock()
 
 
-def position_embedding(visual: VisionTransformer, grid: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+def position_embedding(visual: VisionTransformer, grid: tuple[int, int], dtype: torch.dtype,
+                       interpolation: str = "antialias") -> torch.Tensor:
     """Return [1, 1 + rows*cols, C] position embeddings for a patch grid, interpolated once and cached.
 
-    As the reference: bicubic, antialias, align_corners=False, from the square native grid; class
-    position kept.
+    From the square native grid, CLS position kept, with one of POS_INTERPOLATIONS ("antialias": as the
+    GEM reference, bicubic, antialias, align_corners=False, to the exact grid size).
     """
+    if interpolation not in POS_INTERPOLATIONS:
+        raise ValueError(f"unknown position interpolation {interpolation!r}: use one of {', '.join(POS_INTERPOLATIONS)}")
     pos = visual.positional_embedding
-    key = (grid[0], grid[1], dtype, pos.device)
+    key = (grid[0], grid[1], dtype, pos.device, interpolation)
     with _POS_LOCK:
         cached = _POS_CACHE.setdefault(visual, {}).get(key)
     if cached is not None:
@@ -115,10 +122,15 @@ def position_embedding(visual: VisionTransformer, grid: tuple[int, int], dtype: 
         else:
             prefix, patches = pos[:1], pos[1:]
             side = int(round((pos.shape[0] - 1) ** 0.5))
-            patches = patches.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-            patches = F.interpolate(patches.float(), size=grid, mode="bicubic", antialias=True,
-                                    align_corners=False).to(pos.dtype)
-            patches = patches.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
+            patches = patches.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+            if interpolation == "antialias":
+                patches = F.interpolate(patches, size=grid, mode="bicubic", antialias=True, align_corners=False)
+            else:
+                # The 0.1 keeps floor(side * factor) at the grid size; the factor itself sets the sampling.
+                factor = ((grid[0] + 0.1) / side, (grid[1] + 0.1) / side)
+                patches = F.interpolate(patches, scale_factor=factor, mode="bicubic", align_corners=False,
+                                        recompute_scale_factor=False)
+            patches = patches.to(pos.dtype).permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
             result = torch.cat([prefix, patches]).unsqueeze(0)
         result = result.detach().to(dtype).clone()
     with _POS_LOCK:
@@ -126,13 +138,14 @@ def position_embedding(visual: VisionTransformer, grid: tuple[int, int], dtype: 
     return result
 
 
-def embed_tokens(visual: VisionTransformer, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+def embed_tokens(visual: VisionTransformer, pixels: torch.Tensor,
+                 interpolation: str = "antialias") -> tuple[torch.Tensor, tuple[int, int]]:
     """Return ([B, 1 + rows*cols, C] tokens after ln_pre, (rows, cols)) for any multiple-of-patch input."""
     x = visual.conv1(pixels.to(visual.conv1.weight.dtype))
     grid = (x.shape[2], x.shape[3])
     x = x.flatten(2).transpose(1, 2)
     cls = visual.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)
-    x = torch.cat([cls, x], dim=1) + position_embedding(visual, grid, x.dtype)
+    x = torch.cat([cls, x], dim=1) + position_embedding(visual, grid, x.dtype, interpolation)
     x = visual.patch_dropout(x)
     return visual.ln_pre(x), grid
 
@@ -227,6 +240,7 @@ class StreamOutput:
     original: torch.Tensor | None  # [B, 1 + N, D]
     last_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # last block's q, k, v
     grid: tuple[int, int]
+    last_input: torch.Tensor | None = None  # [B, 1 + N, C] original-stream tokens entering the last block
 
 
 def project(visual: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
@@ -236,8 +250,13 @@ def project(visual: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def run_streams(visual: VisionTransformer, pixels: torch.Tensor, options: GemOptions | None, *,
-                want_original: bool = False, want_last_qkv: bool = False) -> StreamOutput:
-    """Return projected tokens of the GEM stream (options given) and/or of the unmodified model."""
+                want_original: bool = False, want_last_qkv: bool = False, want_last_input: bool = False,
+                interpolation: str = "antialias") -> StreamOutput:
+    """Return projected tokens of the GEM stream (options given) and/or of the unmodified model.
+
+    want_last_qkv / want_last_input also return the last block's q, k, v and its input tokens, from
+    which the last-block methods (gem_engine/last_block.py) finish in the same forward pass.
+    """
     check_vit(visual)
     blocks = list(visual.transformer.resblocks)
     if not visual.transformer.batch_first:
@@ -248,12 +267,12 @@ def run_streams(visual: VisionTransformer, pixels: torch.Tensor, options: GemOpt
     if options is not None and options.iterations < 0:
         raise ValueError(f"GEM iterations must be >= 0, got {options.iterations}")
 
-    x, grid = embed_tokens(visual, pixels)
-    first_special = len(blocks) - max(gem_blocks, 1 if want_last_qkv else 0)
+    x, grid = embed_tokens(visual, pixels, interpolation)
+    first_special = len(blocks) - max(gem_blocks, 1 if want_last_qkv or want_last_input else 0)
     for block in blocks[:first_special]:
         x = plain_block(block, x)
     gem_x = x if options is not None else None
-    last_qkv = None
+    last_qkv = last_input = None
     for index in range(first_special, len(blocks)):
         block = blocks[index]
         weights = block_weights(block)
@@ -262,6 +281,8 @@ def run_streams(visual: VisionTransformer, pixels: torch.Tensor, options: GemOpt
         is_last = index == len(blocks) - 1
         if is_last and want_last_qkv:
             last_qkv = (qkv[0], qkv[1], qkv[2])
+        if is_last and want_last_input:
+            last_input = x
         if gem_x is not None and index >= len(blocks) - gem_blocks:
             gem_x = gem_residual(gem_x, weights, self_self_attention(qkv, normed, options))
         if not is_last or want_original:
@@ -271,6 +292,7 @@ def run_streams(visual: VisionTransformer, pixels: torch.Tensor, options: GemOpt
         original=project(visual, x) if want_original else None,
         last_qkv=last_qkv,
         grid=grid,
+        last_input=last_input,
     )
 
 

@@ -30,6 +30,7 @@ class Prepared:
 
     windows: list[Window]
     grid: tuple[int, int]
+    pixels: torch.Tensor | None = None  # [3, H, W] the whole resized image the windows were cut from
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -104,13 +105,15 @@ def prepare(
     std: tuple[float, ...],
     stride: float = 2 / 3,
     max_side: int = 1344,
+    window: int | None = None,
 ) -> Prepared:
     """Return an image as model windows: one square/aspect input, or overlapping size x size windows.
 
     square: the reference's resize to size x size (PIL bicubic, aspect not kept).
     aspect: long side to `size`, aspect kept, sides snapped to the patch size.
-    sliding: short side to `size` (long side capped at `max_side`), windows of size x size moved by
-    `stride` x size, so that memory stays bounded for any input resolution.
+    sliding: short side to `size` (long side capped at `max_side`), windows of `window` x `window`
+    pixels (default: `size`) moved by `stride` x window, so that memory stays bounded for any input
+    resolution; a window larger than the image is the whole image.
     """
     if mode not in INPUT_MODES:
         raise ValueError(f"unknown input mode {mode!r}: use one of {', '.join(INPUT_MODES)}")
@@ -128,10 +131,13 @@ def prepare(
     pixels = to_tensor(_resize(rgb, width, height), mean, std)
     grid = (height // patch[0], width // patch[1])
     if mode != "sliding":
-        return Prepared(windows=[Window(pixels=pixels, row=0, col=0)], grid=grid)
+        return Prepared(windows=[Window(pixels=pixels, row=0, col=0)], grid=grid, pixels=pixels)
 
-    window_rows = min(size // patch[0], grid[0])
-    window_cols = min(size // patch[1], grid[1])
+    window = size if window is None else window
+    if window < max(patch):
+        raise ValueError(f"window size {window} is smaller than one patch {patch}")
+    window_rows = min(window // patch[0], grid[0])
+    window_cols = min(window // patch[1], grid[1])
     step_rows = max(1, math.floor(window_rows * stride))
     step_cols = max(1, math.floor(window_cols * stride))
     windows = []
@@ -143,4 +149,4 @@ def prepare(
                 col * patch[1] : (col + window_cols) * patch[1],
             ]
             windows.append(Window(pixels=crop.contiguous(), row=row, col=col))
-    return Prepared(windows=windows, grid=grid)
+    return Prepared(windows=windows, grid=grid, pixels=pixels)
