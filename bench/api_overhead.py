@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.jobqueue import queues as rq_queue  # noqa: E402
+from backend.jobqueue.digests import local_contents  # noqa: E402
 from backend.jobqueue.jobs import make_payload  # noqa: E402
 from backend.labelstudio.label_config import parse_label_config  # noqa: E402
 from backend.options import ProjectOptions, model_version  # noqa: E402
@@ -148,7 +149,7 @@ def throughput(redis_url: str, model: str, config: str, images_n: int, folder: P
     engines.warm_up(options)
     payloads = [make_payload(job=f"d{i}", prefix=prefix, project="1", task={"id": i},
                              image_url=f"/data/local-files/?d=img{i}.png", vocabulary=vocabulary, options=options,
-                             version=model_version(options)) for i in range(images_n)]
+                             version=model_version(options, local_contents(options))) for i in range(images_n)]
     started = time.perf_counter()
     for payload in payloads:
         (outcome,) = predict_payloads([payload], engines, settings)

@@ -18,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import numpy as np
 import pytest
 import redis
@@ -26,6 +27,7 @@ from PIL import Image
 
 from backend.cli import prelabel as bulk
 from backend.jobqueue import queues as rq_queue
+from backend.jobqueue.digests import local_contents
 from backend.options import ProjectOptions, model_version
 from backend.settings import Settings
 from tests.loopback_http import QuietHandler, start_server
@@ -128,7 +130,8 @@ def project_env(tmp_path, redis_url, tiny_vit_checkpoint, monkeypatch):
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    version = model_version(ProjectOptions.from_settings(Settings.from_env()))
+    defaults = ProjectOptions.from_settings(Settings.from_env())
+    version = model_version(defaults, local_contents(defaults))
 
     def task(ident: int, image: str | None, **extra) -> dict:
         data = {"image": f"/data/local-files/?d={image}"} if image else {"caption": "no image here"}
@@ -261,13 +264,56 @@ def test_ctrl_c_leaves_jobs_queued_and_a_rerun_finishes_them(project_env):
     assert all(conn.exists(k) for k in finished)
 
 
-def test_local_run_without_redis_url_uses_an_embedded_redis(project_env, capsys, monkeypatch, tmp_path):
+def test_local_run_without_redis_url_uses_a_private_embedded_redis(project_env, capsys, monkeypatch, tmp_path):
+    from backend.jobqueue.embedded import running_socket
+
     monkeypatch.setenv("REDIS_URL", "")
     code, summary, text = prelabel(project_env, "--workers", "1", "--limit", "3", capsys=capsys)
     assert code == 0, text
     assert (summary["total"], summary["done"], summary["failed"]) == (3, 3, 0)
     assert sorted(p["task"] for batch in project_env["fake"].posts() for p in batch) == [1, 2, 3]
-    assert (tmp_path / "data" / "redis.rdb").exists()  # the embedded Redis kept its data in DATA_DIR
+    # Its private server is gone with it, and it never took DATA_DIR's own (a `gem-labeler serve`'s).
+    data = tmp_path / "data"
+    assert running_socket(data) is None and not list(data.glob("prelabel-redis-*"))
+
+
+def test_prelabel_beside_a_running_serve_never_stops_its_embedded_redis(project_env, capsys, monkeypatch, tmp_path):
+    """`make run` (serve, embedded Redis in DATA_DIR) and a prelabel without REDIS_URL in the same folder."""
+    from backend.jobqueue.embedded import running_socket
+    from tests.test_api import free_port
+
+    data = tmp_path / "data"
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DATA_DIR": str(data), "REDIS_URL": ""}
+    serve = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--workers", "0", "--port", str(port)],
+                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert serve.poll() is None and time.monotonic() < deadline, serve.stderr.read() if serve.poll() else ""
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json()["redis"] == "ok":
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        queue = redis.Redis(unix_socket_path=running_socket(data))
+        queue.set("serve-was-here", "1")
+        monkeypatch.setenv("REDIS_URL", "")
+        for extra in (["--dry-run"], ["--workers", "1", "--limit", "2"]):
+            code, summary, text = prelabel(project_env, *extra, capsys=capsys)
+            assert code in (0, 1) and summary["total"] >= 2, text
+            # The running server was attached to, used and left running, with its data.
+            assert serve.poll() is None and running_socket(data) is not None
+            assert queue.get("serve-was-here") == b"1"
+            health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()
+            assert health["redis"] == "ok", health
+        assert sorted(p["task"] for batch in project_env["fake"].posts() for p in batch) == [1, 2]
+        assert queue.keys(f"{project_env['prefix']}:result:*"), "the run used the server's Redis"
+    finally:
+        serve.send_signal(signal.SIGINT)
+        serve.wait(30)
+    assert running_socket(data) is None, "serve stops the server it started"
 
 
 def test_lost_jobs_are_reported_instead_of_waited_on_forever(project_env, capsys):

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
@@ -45,3 +47,25 @@ def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.05):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(poll_s)
+
+
+@contextmanager
+def listening_worker(redis_url: str, prefix: str) -> Iterator[str]:
+    """Yield the name of a worker that is registered and alive (its heartbeat beats) but takes no job: a
+    worker busy elsewhere, as the API sees it. The API tests need one because /predict answers at once
+    when no worker is alive."""
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    from backend.jobqueue import queues as rq_queue
+    from backend.jobqueue.reaper import Heartbeat
+
+    conn = rq_queue.connect(redis_url)
+    worker = SimpleWorker(rq_queue.get_queues(conn, prefix), connection=conn, serializer=JSONSerializer)
+    worker.register_birth()
+    heartbeat = Heartbeat(conn, prefix, worker.name).start()
+    try:
+        yield worker.name
+    finally:
+        heartbeat.stop()
+        worker.register_death()

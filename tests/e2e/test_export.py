@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from backend.jobqueue.digests import local_contents
 from backend.jobqueue.jobs import image_url_of, make_payload
 from backend.labeling.pipeline import EngineCache, predict_payloads
 from backend.labelstudio.label_config import parse_label_config
@@ -43,7 +44,7 @@ def test_export_holds_the_engine_masks(ls, gem_backend, ls_workdir):
     # settings (same model file, same options), on the same images fetched from Label Studio.
     settings = Settings.from_env(gem_backend.env)
     options = ProjectOptions.from_settings(settings, {})
-    version = model_version(options)
+    version = model_version(options, local_contents(options))
     assert version == record["model_version"]
     vocabulary = parse_label_config(MASKS_POLYGONS_BOXES)
     payloads = [make_payload(job=f"export-{t['id']}", prefix="e2e-export", project=str(project["id"]), task=t,
