@@ -44,7 +44,9 @@ class Settings:
                              "(1 to 64 letters, digits, `-` or `_`)")
     result_ttl_s: int = _env("RESULT_TTL_S", 86400, "seconds a finished prediction is kept in Redis")
     error_ttl_s: int = _env("ERROR_TTL_S", 600,
-                            "seconds a failed task's error is kept; a request after that computes it again")
+                            "seconds a failed task's error is kept; a request after that computes it again (so "
+                            "does `retry_failed`, and a change of the project's label config or model version "
+                            "drops it)")
     job_timeout_s: int = _env("JOB_TIMEOUT_S", 300, "seconds one job may run before the worker stops it")
     job_retries: int = _env("JOB_RETRIES", 2, "retries (with backoff) of a job that failed for a transient reason")
     job_max_attempts: int = _env("JOB_MAX_ATTEMPTS", 3,

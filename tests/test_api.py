@@ -440,3 +440,19 @@ def test_retry_failed_and_a_settings_change_drop_stored_errors(client, settings)
         assert client.post("/setup", json={"project": "9.1", "schema": CONFIG, "extra_params": extra}).status_code == 200
     assert client.post("/predict", json=body).json()["results"][0]["status"] == "pending"
     assert rq_queue.read_stored(conn, prefix, [ident]) == [None]
+
+
+def test_a_weights_file_nobody_published_gives_a_clear_503_until_a_worker_does(redis_url, tmp_path):
+    from backend.jobqueue import digests
+
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"weights")
+    settings = make_settings(redis_url, model_pretrained=str(weights))
+    with serve(settings) as client:
+        reply = client.post("/setup", json={"schema": CONFIG})
+        assert reply.status_code == 503
+        assert "content digest of" in reply.json()["detail"] and "no worker is alive" in reply.json()["detail"]
+        # What a worker does when it loads the file: the version is known from then on.
+        digests.publish(rq_queue.connect(redis_url), settings.queue_prefix, [str(weights)])
+        reply = client.post("/setup", json={"schema": CONFIG})
+        assert reply.status_code == 200 and "-model.pt-" in reply.json()["model_version"]

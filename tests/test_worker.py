@@ -346,3 +346,38 @@ def test_engine_cache_shares_a_model_between_methods_and_bounds_models(tiny_vit_
                            vocabulary=vocabulary, options=bad, version=model_version(bad, local_contents(bad)))
     (outcome,) = predict_payloads([payload], cache, settings)
     assert outcome.prediction is None and not outcome.retry and "no-such-model" in outcome.error
+
+
+def test_weights_enter_the_model_version_by_their_content_which_workers_publish(stack, tiny_vit_checkpoint,
+                                                                                 tmp_path):
+    """Two checkpoints named model.pt get two versions; the same file in another folder keeps its version."""
+    import hashlib
+    import shutil
+
+    from backend.jobqueue import digests
+
+    settings, conn = stack["settings"], stack["conn"]
+    default = tiny_vit_checkpoint["pretrained"]
+    # The worker published its own weights' digest when it started.
+    assert digests.published(conn, settings.queue_prefix, [default]) == {
+        default: hashlib.sha256(Path(default).read_bytes()).hexdigest()}
+    paths = {name: tmp_path / name / "model.pt" for name in ("a", "b", "c")}
+    for path in paths.values():
+        path.parent.mkdir()
+        shutil.copy(default, path)
+    with paths["b"].open("ab") as handle:
+        handle.write(b"other weights")
+    versions = {}
+    with serve(settings) as client:
+        for index, (name, path) in enumerate(paths.items()):
+            reply = client.post("/setup", json={"project": f"6{index}", "schema": CONFIG,
+                                                "extra_params": {"model_pretrained": str(path)}})
+            assert reply.status_code == 200, reply.text
+            versions[name] = reply.json()["model_version"]
+    assert all("-model.pt-" in version for version in versions.values())
+    assert versions["a"] != versions["b"], "different weights under one file name share no predictions"
+    assert versions["a"] == versions["c"], "the same weights mounted elsewhere keep their version"
+    # The API never read those files: it asked the worker, which published their digests.
+    assert set(digests.published(conn, settings.queue_prefix, [str(p) for p in paths.values()])) == {
+        str(p) for p in paths.values()}
+    assert "digest of" in stack["log"].read_text()

@@ -165,7 +165,7 @@ def resolve(conn: redis.Redis, prefix: str, options: ProjectOptions, *, wait_s: 
     missing = [p for p in paths if p not in found]
     if not missing:
         return found
-    workers = rq_queue.live_worker_count(conn, prefix)
+    workers = rq_queue.worker_count(conn, prefix)
     if workers:
         request(conn, prefix, missing)
         deadline = time.monotonic() + wait_s

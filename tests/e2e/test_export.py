@@ -32,7 +32,7 @@ def test_export_holds_the_engine_masks(ls, gem_backend, ls_workdir):
     images = write_images(ls_workdir, [(140, 100), (77, 133)], prefix="export")
     images.append(write_exif_rotated_jpeg(ls_workdir / "export-rotated.jpg", stored_size=(130, 90)))
     ls.import_files(project["id"], [image.path for image in images])
-    record = ls.connect_ml_backend(project["id"], gem_backend.url)
+    record = ls.connect_ml_backend(project["id"], gem_backend.url, basic_auth=gem_backend.basic_auth)
     ls.run_action(project["id"], RETRIEVE_PREDICTIONS_ACTION)
     wait_for(lambda: all(t["predictions"] for t in ls.tasks(project["id"])), timeout_s=120,
              what="predictions on every task")
