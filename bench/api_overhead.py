@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from backend.jobqueue import queues as rq_queue  # noqa: E402
 from backend.jobqueue.digests import local_contents  # noqa: E402
-from backend.jobqueue.jobs import make_payload  # noqa: E402
+from backend.jobqueue.jobs import TaskJobs, make_payload  # noqa: E402
 from backend.labelstudio.label_config import parse_label_config  # noqa: E402
 from backend.options import ProjectOptions, model_version  # noqa: E402
 from backend.service.app import create_app  # noqa: E402
@@ -96,8 +96,10 @@ def latency(redis_url: str, tasks_n: int, requests_n: int) -> dict[str, float]:
     server = Server(settings)
     tasks = [{"id": i, "data": {"image": f"http://images.example/{i}.jpg"}} for i in range(tasks_n)]
     body = {"tasks": tasks, "label_config": CONFIG, "project": "1"}
-    pending = server.client.post("/predict", json=body).json()["results"]
-    job_ids = [item["job_id"] for item in pending]
+    # The job ids /predict gives these tasks (the same recipe), without asking it: no worker runs here.
+    jobs = TaskJobs(prefix=prefix, project="1", vocabulary=parse_label_config(CONFIG),
+                    options=ProjectOptions.from_settings(settings))
+    job_ids = [jobs.job_id(task, task["data"]["image"]) for task in tasks]
     # A realistic stored prediction: two brush masks of a 640x480 image and a polygon.
     mask = np.zeros((480, 640), dtype=bool)
     mask[100:300, 50:250] = True

@@ -3,7 +3,9 @@
 Results live under their own keys (`<prefix>:result:<job id>`, JSON, with a TTL) so that /predict reads
 a whole batch with one MGET. The "push to Label Studio" handshake between the API (which gave up
 waiting) and the worker (which finished) is two small transactions, so a prediction is either
-returned by /predict or pushed by the worker, never both and never neither.
+returned by /predict or pushed by the worker, never both and never neither. Beside them: stored errors
+listed per project (dropped when its settings change), starts of each job not yet ended (what stays
+counted are worker deaths), and the liveness keys that decide how many workers are alive.
 """
 
 from __future__ import annotations
@@ -178,29 +180,7 @@ def read_results(conn: redis.Redis, prefix: str, job_ids: Sequence[str]) -> list
     return [r.parsed() if r is not None else None for r in read_stored(conn, prefix, job_ids)]
 
 
-def wait_for_results(
-    conn: redis.Redis,
-    prefix: str,
-    job_ids: Sequence[str],
-    timeout_s: float,
-    *,
-    known: list[StoredResult | None] | None = None,
-    poll_s: float = 0.02,
-) -> list[StoredResult | None]:
-    """Return the results of `job_ids`, waiting up to `timeout_s` for missing ones (None where still missing)."""
-    results = list(known) if known is not None else read_stored(conn, prefix, job_ids)
-    deadline = time.monotonic() + timeout_s
-    delay = poll_s
-    while any(r is None for r in results) and time.monotonic() < deadline:
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, 0.25)
-        missing = [i for i, r in enumerate(results) if r is None]
-        for i, value in zip(missing, read_stored(conn, prefix, [job_ids[i] for i in missing]), strict=True):
-            results[i] = value
-    return results
-
-
-async def wait_for_results_async(
+async def wait_for_results(
     aconn: redis.asyncio.Redis,
     prefix: str,
     job_ids: Sequence[str],
@@ -209,7 +189,8 @@ async def wait_for_results_async(
     known: list[StoredResult | None],
     poll_s: float = 0.02,
 ) -> list[StoredResult | None]:
-    """Return what `wait_for_results` returns, waiting in the event loop: no thread per waiting request."""
+    """Return the results of `job_ids`, waiting up to `timeout_s` for missing ones (None where still missing),
+    in the event loop with an asyncio client: a waiting request holds no thread."""
     results = list(known)
     deadline = time.monotonic() + timeout_s
     delay = poll_s

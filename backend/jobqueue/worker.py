@@ -3,9 +3,16 @@
 It is an RQ `SimpleWorker` (jobs run in the worker process itself, no fork), so the model loaded at
 start serves every job and CUDA is never touched after a fork. When a job starts and more jobs for the
 same model and method wait in its queue, it claims up to WORKER_BATCH_SIZE - 1 of them, runs all their
-images through the engine together and stores every result; when RQ later hands out a claimed job it
-finds its result stored and returns at once. A claim is a Redis key with the job timeout as TTL, so a
-job claimed by a worker that died is computed by whoever runs it next.
+images through the engine together and stores every result before it releases the claims (released
+earlier, a claimed job could be computed a second time by another worker); when RQ later hands out a
+claimed job it finds its result stored and returns at once. A claim is a Redis key with the job timeout as
+TTL, so a job claimed by a worker that died is computed by whoever runs it next.
+
+Every start of a job is counted in Redis and taken back when the job ends here, so the count that stays is
+how often a worker process died running it: such a job runs alone, and after JOB_MAX_ATTEMPTS deaths its
+task gets an error instead. Late predictions are pushed after the results are stored, each once per (task,
+model version) (`backend.jobqueue.push_once`). The default model's weight and config digests are published
+before the worker listens (`backend.jobqueue.digests`).
 """
 
 from __future__ import annotations

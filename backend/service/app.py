@@ -224,7 +224,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         started = time.monotonic()
         plan = await versioned(lambda: plan_predict(body, retry_failed))
         if plan.wait:
-            plan.results = await rq_queue.wait_for_results_async(
+            plan.results = await rq_queue.wait_for_results(
                 clients.waiting(), prefix, list(plan.named.values()), settings.predict_wait_s, known=plan.results)
         items = await run_in_threadpool(_answers, clients.main(), settings, plan)
         metrics.predict_latency.labels("interactive" if plan.context else "batch").observe(time.monotonic() - started)
