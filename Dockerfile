@@ -7,7 +7,10 @@ ENV PYTHONUNBUFFERED=1 \
     # Weights live on the `models` volume, so containers start without downloading when it is filled.
     HF_HOME=/models/huggingface \
     MODEL_CACHE_DIR=/models/open_clip \
-    DATA_DIR=/data
+    DATA_DIR=/data \
+    # In a container the API listens on every interface (its default elsewhere is loopback); the port
+    # published with `docker run -p` decides who reaches it.
+    HOST=0.0.0.0
 
 WORKDIR /app
 # Dependencies first, so code changes do not reinstall torch.

@@ -49,6 +49,9 @@ class Kind:
     # it returned gives it back, so values can be read again from payloads and overrides.
     read: Callable[[Any], Any]
     fingerprint: Callable[[Any], Any] = lambda value: value
+    # A value naming a file (weights, a model config) enters the model version by its content as well:
+    # two different checkpoints that share a file name must not share predictions.
+    by_content: bool = False
 
 
 def _text(raw: Any) -> str:
@@ -67,9 +70,17 @@ def text() -> Kind:
 
 
 def file_or_name() -> Kind:
-    """Return the kind of a name or a file path; only the file name enters the model version, so the same
-    file mounted elsewhere gives the same version."""
-    return Kind("str", _text, fingerprint=_file_name)
+    """Return the kind of a name or a file path; a file enters the model version by its name and content
+    digest (not its folder), so the same file mounted elsewhere gives the same version."""
+    return Kind("str", _text, fingerprint=_file_name, by_content=True)
+
+
+FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".json")
+
+
+def names_a_file(value: str) -> bool:
+    """Return whether an option value is a file path (as `gem_engine.models` reads it), not a tag or a name."""
+    return value.lower().endswith(FILE_SUFFIXES) or "/" in value or "\\" in value
 
 
 def choice(*values: str) -> Kind:
@@ -290,11 +301,34 @@ class ProjectOptions:
         return self.model_key() + tuple(getattr(self, o.name) for o in OPTIONS if o.stage == "engine")
 
 
-def model_version(options: ProjectOptions) -> str:
+class ContentUnknown(ValueError):
+    """The model version needs the content digest of a file (weights, model config) nobody has supplied."""
+
+    def __init__(self, paths: list[str]) -> None:
+        super().__init__(f"the content digest of {', '.join(paths)} is not known")
+        self.paths = paths
+
+
+def content_files(options: ProjectOptions) -> list[str]:
+    """Return the files whose content enters the model version (weights and config files), in table order."""
+    values = [getattr(options, o.name) for o in OPTIONS if o.kind.by_content and o.version != "none"]
+    return list(dict.fromkeys(v for v in values if v and names_a_file(v)))
+
+
+def model_version(options: ProjectOptions, contents: Mapping[str, str] | None = None) -> str:
     """Return the stable version string of predictions made with `options`: the product, the spelled-out
-    options (method, model, weights file or tag), and a digest of the others that change results."""
+    options (method, model, weights file or tag), and a digest of the others that change results and of
+    the content of every file among them (`contents`: file path -> content digest; ContentUnknown when
+    one is missing)."""
     spelled = [o.kind.fingerprint(getattr(options, o.name)) or "none" for o in OPTIONS if o.version == "spelled"]
     hashed = [o.kind.fingerprint(getattr(options, o.name)) for o in OPTIONS if o.version == "hashed"]
+    files = content_files(options)
+    if files:  # only then: versions of tag-based options stay what they were
+        contents = contents or {}
+        missing = [path for path in files if not contents.get(path)]
+        if missing:
+            raise ContentUnknown(missing)
+        hashed = [*hashed, {"content": [contents[path] for path in files]}]
     digest = hashlib.sha256(json.dumps(hashed).encode()).hexdigest()[:8]
     return "-".join([PRODUCT, *spelled, digest])
 

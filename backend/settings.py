@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,11 @@ from backend.options import Option, option_fields, spell
 
 class SettingsError(ValueError):
     """An environment variable holds a value that cannot be used."""
+
+
+# Queue names, Redis keys (`<prefix>:<kind>:<id>`) and RQ job ids (`<prefix>-<hash>`, RQ allows [A-Za-z0-9_-])
+# all start with it: no colon (it would overlap another deployment's keys), no space, bounded.
+QUEUE_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _env(name: str, default: Any, meaning: str) -> Any:
@@ -34,12 +40,18 @@ class Settings:
     redis_url: str = _env("REDIS_URL", "", "Redis URL shared by the API and workers (`redis://host:6379/0`, "
                           "`unix:///path.sock`); empty: `gem-labeler serve` starts an embedded Redis in DATA_DIR")
     queue_prefix: str = _env("QUEUE_PREFIX", "gem-labeler",
-                             "prefix of queue names and Redis keys, so several deployments can share one Redis")
+                             "prefix of queue names and Redis keys, so several deployments can share one Redis "
+                             "(1 to 64 letters, digits, `-` or `_`)")
     result_ttl_s: int = _env("RESULT_TTL_S", 86400, "seconds a finished prediction is kept in Redis")
     error_ttl_s: int = _env("ERROR_TTL_S", 600,
-                            "seconds a failed task's error is kept; a request after that computes it again")
+                            "seconds a failed task's error is kept; a request after that computes it again (so "
+                            "does `retry_failed`, and a change of the project's label config or model version "
+                            "drops it)")
     job_timeout_s: int = _env("JOB_TIMEOUT_S", 300, "seconds one job may run before the worker stops it")
     job_retries: int = _env("JOB_RETRIES", 2, "retries (with backoff) of a job that failed for a transient reason")
+    job_max_attempts: int = _env("JOB_MAX_ATTEMPTS", 3,
+                                 "times a job may start in a worker process that then dies (out of memory, a crash, "
+                                 "a kill) before its task gets an error instead of another attempt")
     worker_batch_size: int = _env("WORKER_BATCH_SIZE", 8,
                                   "images a worker runs through the engine together when several jobs wait")
     # Model (which model, method and region options: the per-project options, fields added by @option_fields)
@@ -48,7 +60,8 @@ class Settings:
     device: str = _env("DEVICE", "auto", "`auto` (CUDA when present), `cpu`, `cuda`, `cuda:N`")
     precision: str = _env("PRECISION", "fp32", "`fp32`, `fp16` or `bf16` (half precision on GPU only)")
     # HTTP API
-    host: str = _env("HOST", "0.0.0.0", "address the API listens on")
+    host: str = _env("HOST", "127.0.0.1",
+                     "address the API listens on (`0.0.0.0`: every interface; docker compose sets that)")
     port: int = _env("PORT", 9090, "port the API listens on")
     predict_wait_s: float = _env("PREDICT_WAIT_S", 30.0,
                                  "seconds /predict waits for results (Label Studio gives up after 100 s)")
@@ -56,6 +69,13 @@ class Settings:
                                   "largest request body the API reads, in bytes (larger: 413)")
     basic_auth_user: str = _env("BASIC_AUTH_USER", "", "with BASIC_AUTH_PASS: HTTP basic auth on every route")
     basic_auth_pass: str = _env("BASIC_AUTH_PASS", "", "password for BASIC_AUTH_USER")
+    webhook_secret: str = _env("WEBHOOK_SECRET", "",
+                               "secret every `/webhook` call must carry in its `X-Webhook-Secret` header (set it "
+                               "in Label Studio's webhook headers)")
+    allow_unauthenticated: bool = _env("ALLOW_UNAUTHENTICATED", False,
+                                       "let the API start with LABEL_STUDIO_API_KEY but neither basic auth nor "
+                                       "WEBHOOK_SECRET (anyone who reaches it can then make it write predictions "
+                                       "into Label Studio)")
     # Label Studio and images
     label_studio_url: str = _env("LABEL_STUDIO_URL", "",
                                  "Label Studio base URL, for uploads, presigned cloud URLs and pushing late predictions")
@@ -108,8 +128,11 @@ class Settings:
             raise SettingsError(f"PRECISION must be fp32, fp16 or bf16, not {self.precision!r}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        if not QUEUE_PREFIX_PATTERN.fullmatch(self.queue_prefix):
+            raise SettingsError(f"QUEUE_PREFIX must be 1 to 64 letters, digits, '-' or '_' (it starts Redis keys "
+                                f"and job ids), not {self.queue_prefix!r}")
         for name in ("result_ttl_s", "error_ttl_s", "job_timeout_s", "worker_batch_size", "port", "max_request_bytes",
-                     "push_max_age_s", "push_backoff_s"):
+                     "push_max_age_s", "push_backoff_s", "job_max_attempts"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{env_name(name)} must be positive, not {getattr(self, name)}")
         if self.predict_wait_s < 0:
@@ -121,6 +144,11 @@ class Settings:
     def auth_enabled(self) -> bool:
         """Return whether basic auth is required."""
         return bool(self.basic_auth_user)
+
+    @property
+    def api_protected(self) -> bool:
+        """Return whether callers of the API must prove who they are (basic auth, or the webhook secret)."""
+        return bool(self.basic_auth_user or self.webhook_secret)
 
     @property
     def can_push(self) -> bool:

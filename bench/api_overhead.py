@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.jobqueue import queues as rq_queue  # noqa: E402
-from backend.jobqueue.jobs import make_payload  # noqa: E402
+from backend.jobqueue.digests import local_contents  # noqa: E402
+from backend.jobqueue.jobs import TaskJobs, make_payload  # noqa: E402
 from backend.labelstudio.label_config import parse_label_config  # noqa: E402
 from backend.options import ProjectOptions, model_version  # noqa: E402
 from backend.service.app import create_app  # noqa: E402
@@ -95,8 +96,10 @@ def latency(redis_url: str, tasks_n: int, requests_n: int) -> dict[str, float]:
     server = Server(settings)
     tasks = [{"id": i, "data": {"image": f"http://images.example/{i}.jpg"}} for i in range(tasks_n)]
     body = {"tasks": tasks, "label_config": CONFIG, "project": "1"}
-    pending = server.client.post("/predict", json=body).json()["results"]
-    job_ids = [item["job_id"] for item in pending]
+    # The job ids /predict gives these tasks (the same recipe), without asking it: no worker runs here.
+    jobs = TaskJobs(prefix=prefix, project="1", vocabulary=parse_label_config(CONFIG),
+                    options=ProjectOptions.from_settings(settings))
+    job_ids = [jobs.job_id(task, task["data"]["image"]) for task in tasks]
     # A realistic stored prediction: two brush masks of a 640x480 image and a polygon.
     mask = np.zeros((480, 640), dtype=bool)
     mask[100:300, 50:250] = True
@@ -148,7 +151,7 @@ def throughput(redis_url: str, model: str, config: str, images_n: int, folder: P
     engines.warm_up(options)
     payloads = [make_payload(job=f"d{i}", prefix=prefix, project="1", task={"id": i},
                              image_url=f"/data/local-files/?d=img{i}.png", vocabulary=vocabulary, options=options,
-                             version=model_version(options)) for i in range(images_n)]
+                             version=model_version(options, local_contents(options))) for i in range(images_n)]
     started = time.perf_counter()
     for payload in payloads:
         (outcome,) = predict_payloads([payload], engines, settings)

@@ -1,9 +1,14 @@
-"""Label prompts to L2-normalized CLIP text embeddings, cached per (model, prompt, templates)."""
+"""Label prompts to L2-normalized CLIP text embeddings, cached per (model, prompt, templates).
+
+The cache is an LRU of at most MAX_CACHED_PROMPTS entries per model: prompts also come from annotators'
+free text (interactive TextArea prompts), so it must not grow with every word ever typed.
+"""
 
 from __future__ import annotations
 
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -16,9 +21,12 @@ SINGLE_TEMPLATE = "a photo of a {}."
 TEMPLATE_SETS = ("single", "ensemble")
 COMBINES = ("mean", "max")
 _ENCODE_CHUNK = 256
+# Per model; one ViT-B embedding is 2 KiB, so the cache stays under 8 MiB per model at this size.
+MAX_CACHED_PROMPTS = 4096
 
-# model -> {(templates, prompt): [D] embedding}; weak so that a dropped model frees its cache.
-_CACHE: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[str, str], torch.Tensor]] = (
+# model -> {(templates, prompt): [D] embedding}, least recently used first; weak so that a dropped model
+# frees its cache.
+_CACHE: weakref.WeakKeyDictionary[torch.nn.Module, OrderedDict[tuple[str, str], torch.Tensor]] = (
     weakref.WeakKeyDictionary()
 )
 _LOCK = threading.Lock()
@@ -62,20 +70,26 @@ def _encode(loaded: LoadedModel, sentences: list[str]) -> torch.Tensor:
 def prompt_embeddings(loaded: LoadedModel, prompts: Sequence[str], *, templates: str = "single") -> torch.Tensor:
     """Return [P, D] float32 L2-normalized embeddings of single prompts, encoding only uncached ones."""
     template_strings("x", templates)  # validates the template set name
+    wanted = list(dict.fromkeys(prompts))
     with _LOCK:
-        cache = _CACHE.setdefault(loaded.model, {})
-        missing = list(dict.fromkeys(p for p in prompts if (templates, p) not in cache))
+        cache = _CACHE.setdefault(loaded.model, OrderedDict())
+        found = {p: cache[(templates, p)] for p in wanted if (templates, p) in cache}
+        for prompt in found:
+            cache.move_to_end((templates, prompt))
+    missing = [p for p in wanted if p not in found]
     if missing:
         sentences = [s for prompt in missing for s in template_strings(prompt, templates)]
         per_prompt = len(sentences) // len(missing)
         encoded = _encode(loaded, sentences).reshape(len(missing), per_prompt, -1)
         # Template ensembles average the normalized sentence embeddings, then renormalize (CLIP's recipe).
         encoded = F.normalize(encoded.mean(dim=1), dim=-1)
+        found.update(zip(missing, encoded, strict=True))
         with _LOCK:
             for prompt, vector in zip(missing, encoded, strict=True):
                 cache[(templates, prompt)] = vector
-    with _LOCK:
-        return torch.stack([cache[(templates, p)] for p in prompts])
+            while len(cache) > MAX_CACHED_PROMPTS:
+                cache.popitem(last=False)
+    return torch.stack([found[p] for p in prompts])
 
 
 def text_embeddings(

@@ -61,3 +61,13 @@ def redis_url(tmp_path_factory) -> str:
         time.sleep(0.05)
     yield f"unix://{server.socket_file}"
     server.shutdown()
+
+
+@pytest.fixture()
+def redis_server(tmp_path):
+    """A private, restartable redis-server on a loopback port for one test (see tests/worker_processes.py)."""
+    from tests.worker_processes import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()

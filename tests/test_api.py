@@ -23,6 +23,7 @@ from rq.serializers import JSONSerializer
 from backend.jobqueue import queues as rq_queue
 from backend.service.app import create_app
 from backend.settings import Settings
+from tests.worker_processes import listening_worker
 
 CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -75,13 +76,14 @@ def settings(redis_url) -> Settings:
 
 @pytest.fixture
 def client(settings) -> Iterator[httpx.Client]:
-    with serve(settings) as c:
+    """A client of the API, with a worker alive (registered, beating) that takes no job."""
+    with listening_worker(settings.redis_url, settings.queue_prefix), serve(settings) as c:
         yield c
 
 
 def test_health_and_setup(client, settings):
     health = client.get("/health").json()
-    assert health["status"] == "UP" and health["redis"] == "ok" and health["workers"] == 0
+    assert health["status"] == "UP" and health["redis"] == "ok" and health["workers"] == 1
     body = {"project": "3.1700000000", "schema": CONFIG, "extra_params": '{"method": "gradcam"}'}
     started = time.monotonic()
     reply = client.post("/setup", json=body)
@@ -191,9 +193,11 @@ def test_webhook_events(client, settings):
     assert payload["project"] == "8" and payload["task_id"] == 10 and payload["image_url"].endswith("a.png")
     annotation = {"action": "ANNOTATION_CREATED", "project": project, "annotation": {"id": 1, "result": []},
                   "task": {"id": 10}}
-    assert client.post("/webhook", json=annotation).json()["status"] == "stored"
-    stored = json.loads(conn.lindex(rq_queue.key(settings.queue_prefix, "annotations", "8"), 0))
-    assert stored["annotation"] == {"id": 1, "result": []}
+    for action in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+        reply = client.post("/webhook", json={**annotation, "action": action})
+        assert reply.status_code == 200 and reply.json() == {"status": "acknowledged", "action": action}
+    # Annotation events are acknowledged, not stored: calibration reads annotations from Label Studio.
+    assert list(conn.scan_iter(match=f"{settings.queue_prefix}:annotations*")) == []
     assert client.post("/webhook", json={"action": "PROJECT_UPDATED"}).json()["status"] == "ignored"
 
 
@@ -225,7 +229,53 @@ def test_basic_auth(redis_url):
         assert client.get("/health", auth=("ann", "wrong")).status_code == 401
         assert client.get("/health", auth=("bob", "s3cret")).status_code == 401
         assert client.post("/setup", json={"schema": CONFIG}).status_code == 401
-        assert client.get("/health", auth=("ann", "s3cret")).json()["status"] == "UP"
+        assert client.get("/health", auth=("ann", "s3cret")).json()["redis"] == "ok"
+
+
+def test_an_api_holding_a_label_studio_key_refuses_to_run_open(redis_url):
+    """Anyone reaching an open API could make its workers write into Label Studio: it must not start so."""
+    from backend.settings import SettingsError
+
+    key = {"label_studio_url": "http://ls.invalid:8080", "label_studio_api_key": "token"}
+    with pytest.raises(SettingsError, match="BASIC_AUTH_USER.*WEBHOOK_SECRET.*ALLOW_UNAUTHENTICATED"):
+        create_app(make_settings(redis_url, **key))
+    for protection in ({"basic_auth_user": "u", "basic_auth_pass": "p"}, {"webhook_secret": "s"},
+                       {"allow_unauthenticated": "true"}):
+        create_app(make_settings(redis_url, **key, **protection))
+    create_app(make_settings(redis_url))  # no key: nothing to protect
+    from tests.test_api_cli import cli
+
+    out = cli("api", REDIS_URL=redis_url, LABEL_STUDIO_URL="http://ls.invalid:8080", LABEL_STUDIO_API_KEY="token")
+    assert out.returncode == 2 and "refusing to start" in out.stderr and "WEBHOOK_SECRET" in out.stderr
+
+
+def test_webhook_secret_guards_the_webhook_and_open_predict_never_pushes(redis_url):
+    settings = make_settings(redis_url, webhook_secret="hook-s3cret", label_studio_url="http://ls.invalid:8080",
+                             label_studio_api_key="token")
+    conn = rq_queue.connect(redis_url)
+    event = {"action": "TASKS_CREATED", "project": {"id": 4, "label_config": CONFIG}, "tasks": [task(40)]}
+    with listening_worker(redis_url, settings.queue_prefix), serve(settings) as client:
+        assert client.post("/webhook", json=event).status_code == 401
+        assert client.post("/webhook", json=event, headers={"X-Webhook-Secret": "wrong"}).status_code == 401
+        reply = client.post("/webhook", json=event, headers={"X-Webhook-Secret": "hook-s3cret"})
+        assert reply.status_code == 200 and reply.json()["tasks"] == 1
+        # /predict stays open to Label Studio's model connection, but an unauthenticated caller cannot make
+        # the workers write into Label Studio: a task not finished in time is not pushed.
+        pending = client.post("/predict", json={"tasks": [task(41)], "label_config": CONFIG}).json()["results"][0]
+        assert pending["status"] == "pending" and "ask again" in pending["detail"]
+        assert not conn.exists(rq_queue.key(settings.queue_prefix, "push", pending["job_id"]))
+    both = make_settings(redis_url, webhook_secret="hook-s3cret", basic_auth_user="ann", basic_auth_pass="pw",
+                         label_studio_url="http://ls.invalid:8080", label_studio_api_key="token")
+    with listening_worker(redis_url, both.queue_prefix), serve(both) as client:
+        assert client.post("/webhook", json=event, headers={"X-Webhook-Secret": "hook-s3cret"}).status_code == 200
+        assert client.post("/webhook", json=event, auth=("ann", "pw")).status_code == 200
+        assert client.post("/webhook", json=event).status_code == 401
+        assert client.post("/predict", json={"tasks": [task(42)], "label_config": CONFIG},
+                           headers={"X-Webhook-Secret": "hook-s3cret"}).status_code == 401
+        pending = client.post("/predict", json={"tasks": [task(43)], "label_config": CONFIG},
+                              auth=("ann", "pw")).json()["results"][0]
+        assert "push it to Label Studio" in pending["detail"]
+        assert conn.exists(rq_queue.key(both.queue_prefix, "push", pending["job_id"]))
 
 
 def test_redis_down_gives_503_and_health_stays_fast():
@@ -235,8 +285,8 @@ def test_redis_down_gives_503_and_health_stays_fast():
         started = time.monotonic()
         health = client.get("/health")
         assert time.monotonic() - started < 1
-        assert health.status_code == 200 and health.json()["status"] == "UP"
-        assert "unreachable" in health.json()["redis"]
+        assert health.status_code == 200 and health.json()["status"] == "DEGRADED"
+        assert "unreachable" in health.json()["redis"] and health.json()["reason"] == health.json()["redis"]
         for path, body in (("/predict", {"tasks": [task(1)], "label_config": CONFIG}),
                            ("/setup", {"schema": CONFIG})):
             reply = client.post(path, json=body)
@@ -269,7 +319,8 @@ def test_api_process_never_imports_torch(redis_url):
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "open_clip", "torchvision", "skimage"))
         print("HEAVY", heavy)
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    with listening_worker(redis_url, prefix):
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout, out.stdout
 
@@ -309,3 +360,99 @@ def test_stored_results_round_trip_and_splice_verbatim(settings):
     assert bad.prediction_json is None and bad.error == "image: broken\nreally" and none is None
     assert rq_queue.read_results(conn, prefix, ["ok", "bad"]) == [
         {"task_id": 4, "prediction": prediction}, {"task_id": 5, "error": "image: broken\nreally"}]
+
+
+def test_without_a_live_worker_health_is_degraded_and_predict_answers_at_once(redis_url):
+    from rq import SimpleWorker
+
+    settings = make_settings(redis_url, predict_wait_s=30)
+    conn = rq_queue.connect(redis_url)
+    # A worker RQ still lists but whose heartbeat stopped (killed): it does not count.
+    ghost = SimpleWorker(rq_queue.get_queues(conn, settings.queue_prefix), connection=conn,
+                         serializer=JSONSerializer)
+    ghost.register_birth()
+    try:
+        with serve(settings) as client:
+            health = client.get("/health").json()
+            assert health["status"] == "DEGRADED" and health["workers"] == 0
+            assert "no worker is alive" in health["reason"] and "gem-labeler worker" in health["reason"]
+            started = time.monotonic()
+            reply = client.post("/predict", json={"tasks": [task(1), task(2, "/data/local-files/?d=b.png")],
+                                                  "label_config": CONFIG})
+            assert time.monotonic() - started < 3, "answered at once, not after PREDICT_WAIT_S"
+            assert reply.status_code == 503 and "no worker is alive" in reply.json()["detail"]
+            # The batch jobs wait in the queue for a worker; what is stored still comes back at once.
+            batch = Queue(rq_queue.queue_name(settings.queue_prefix, "batch"), connection=conn,
+                          serializer=JSONSerializer)
+            assert batch.count == 2
+            rq_queue.store_result(conn, settings.queue_prefix, batch.job_ids[0],
+                                  {"task_id": 1, "prediction": {"result": [], "model_version": "v"}}, 60)
+            results = client.post("/predict", json={"tasks": [task(1), task(2, "/data/local-files/?d=b.png")],
+                                                    "label_config": CONFIG}).json()["results"]
+            assert results[0] == {"result": [], "model_version": "v"}
+            assert "no worker is alive" in results[1]["error"] and "queued" in results[1]["error"]
+            with listening_worker(redis_url, settings.queue_prefix):
+                assert client.get("/health").json()["status"] == "UP"
+            assert client.get("/health").json()["status"] == "DEGRADED"
+    finally:
+        ghost.register_death()
+
+
+def test_bad_setup_and_predict_answers_are_logged_with_their_reason(client, caplog):
+    with caplog.at_level("WARNING", logger="gem_labeler.api"):
+        assert client.post("/setup", json={"schema": "<View></View>"}).status_code == 400
+        assert client.post("/setup", json={"schema": CONFIG, "extra_params": {"method": "sam"}}).status_code == 400
+        assert client.post("/predict", json={"tasks": "all", "label_config": CONFIG}).status_code == 400
+    messages = [r.getMessage() for r in caplog.records if r.name == "gem_labeler.api"]
+    assert any(m.startswith("POST /setup answered 400: label config: ") and "no <Image>" in m for m in messages)
+    assert any("POST /setup answered 400: extra_params: method must be" in m for m in messages), messages
+    assert any("POST /predict answered 400: 'tasks' must be a list" in m for m in messages), messages
+
+
+def test_project_ids_that_are_not_plain_words_are_refused(client):
+    for project in ("1:2", "a b", "x" * 65):
+        reply = client.post("/setup", json={"project": project, "schema": CONFIG})
+        assert reply.status_code == 400 and "not a plain id" in reply.json()["detail"]
+        reply = client.post("/predict", json={"project": project, "tasks": [task(1)], "label_config": CONFIG})
+        assert reply.status_code == 400
+
+
+def test_retry_failed_and_a_settings_change_drop_stored_errors(client, settings):
+    conn = rq_queue.connect(settings.redis_url)
+    prefix = settings.queue_prefix
+    body = {"project": "9.1", "tasks": [task(1)]}
+    assert client.post("/setup", json={"project": "9.1", "schema": CONFIG}).status_code == 200
+    [pending] = client.post("/predict", json=body).json()["results"]
+    ident = pending["job_id"]
+
+    def fail() -> None:  # what a worker stores when the task failed
+        rq_queue.store_result(conn, prefix, ident, {"task_id": 1, "error": "image: host down"}, 600, project="9")
+
+    fail()
+    assert client.post("/predict", json=body).json()["results"][0]["error"] == "image: host down"
+    # The cause is fixed: a request flag computes it again now instead of after ERROR_TTL_S.
+    [again] = client.post("/predict?retry_failed=true", json=body).json()["results"]
+    assert again["status"] == "pending" and again["job_id"] == ident
+    assert client.get(f"/jobs/{ident}").json()["status"] == "queued"
+    # Other settings and back: the error stored under the first ones must not come back.
+    fail()
+    for extra in ({"method": "gradcam"}, {}):
+        assert client.post("/setup", json={"project": "9.1", "schema": CONFIG, "extra_params": extra}).status_code == 200
+    assert client.post("/predict", json=body).json()["results"][0]["status"] == "pending"
+    assert rq_queue.read_stored(conn, prefix, [ident]) == [None]
+
+
+def test_a_weights_file_nobody_published_gives_a_clear_503_until_a_worker_does(redis_url, tmp_path):
+    from backend.jobqueue import digests
+
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"weights")
+    settings = make_settings(redis_url, model_pretrained=str(weights))
+    with serve(settings) as client:
+        reply = client.post("/setup", json={"schema": CONFIG})
+        assert reply.status_code == 503
+        assert "content digest of" in reply.json()["detail"] and "no worker is alive" in reply.json()["detail"]
+        # What a worker does when it loads the file: the version is known from then on.
+        digests.publish(rq_queue.connect(redis_url), settings.queue_prefix, [str(weights)])
+        reply = client.post("/setup", json={"schema": CONFIG})
+        assert reply.status_code == 200 and "-model.pt-" in reply.json()["model_version"]

@@ -79,7 +79,8 @@ def stack(redis_url, tiny_vit_checkpoint, tmp_path_factory):
     env = worker_env(redis_url, prefix, tiny_vit_checkpoint, files, JOB_RETRIES="0", WORKER_BATCH_SIZE="4",
                     PREDICT_WAIT_S="120", IMAGE_MAX_BYTES=str(MAX_IMAGE_BYTES),
                     MAX_REQUEST_BYTES=str(MAX_REQUEST_BYTES), ALLOWED_IMAGE_HOSTS="images.example.com",
-                    LABEL_STUDIO_URL=f"http://127.0.0.1:{ls.port}", LABEL_STUDIO_API_KEY="test-token")
+                    LABEL_STUDIO_URL=f"http://127.0.0.1:{ls.port}", LABEL_STUDIO_API_KEY="test-token",
+                    ALLOW_UNAUTHENTICATED="true")
     log_path = root / "worker.log"
     worker = start_worker(env, log_path)
     conn = rq_queue.connect(redis_url)

@@ -18,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import numpy as np
 import pytest
 import redis
@@ -26,6 +27,7 @@ from PIL import Image
 
 from backend.cli import prelabel as bulk
 from backend.jobqueue import queues as rq_queue
+from backend.jobqueue.digests import local_contents
 from backend.options import ProjectOptions, model_version
 from backend.settings import Settings
 from tests.loopback_http import QuietHandler, start_server
@@ -47,6 +49,7 @@ class FakeLabelStudio:
 
     def __init__(self, tasks: list[dict]) -> None:
         self.tasks = tasks
+        self.uploads: dict[str, bytes] = {}  # path -> file, served like Label Studio's /data/upload/
         self.predictions: dict[int, list[dict]] = defaultdict(list)
         self.calls: list[tuple[str, str, dict, object]] = []
         self.lock = threading.Lock()
@@ -79,6 +82,8 @@ class FakeLabelStudio:
 
     def route(self, method: str, path: str, query: dict, body: object) -> tuple[int, object]:
         with self.lock:
+            if method == "GET" and path in self.uploads:
+                return 200, self.uploads[path]
             if method == "GET" and path == f"/api/projects/{PROJECT}/":
                 return 200, {"id": PROJECT, "title": "test", "label_config": CONFIG}
             if method == "GET" and path == "/api/tasks/":
@@ -128,7 +133,8 @@ def project_env(tmp_path, redis_url, tiny_vit_checkpoint, monkeypatch):
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    version = model_version(ProjectOptions.from_settings(Settings.from_env()))
+    defaults = ProjectOptions.from_settings(Settings.from_env())
+    version = model_version(defaults, local_contents(defaults))
 
     def task(ident: int, image: str | None, **extra) -> dict:
         data = {"image": f"/data/local-files/?d={image}"} if image else {"caption": "no image here"}
@@ -261,13 +267,56 @@ def test_ctrl_c_leaves_jobs_queued_and_a_rerun_finishes_them(project_env):
     assert all(conn.exists(k) for k in finished)
 
 
-def test_local_run_without_redis_url_uses_an_embedded_redis(project_env, capsys, monkeypatch, tmp_path):
+def test_local_run_without_redis_url_uses_a_private_embedded_redis(project_env, capsys, monkeypatch, tmp_path):
+    from backend.jobqueue.embedded import running_socket
+
     monkeypatch.setenv("REDIS_URL", "")
     code, summary, text = prelabel(project_env, "--workers", "1", "--limit", "3", capsys=capsys)
     assert code == 0, text
     assert (summary["total"], summary["done"], summary["failed"]) == (3, 3, 0)
     assert sorted(p["task"] for batch in project_env["fake"].posts() for p in batch) == [1, 2, 3]
-    assert (tmp_path / "data" / "redis.rdb").exists()  # the embedded Redis kept its data in DATA_DIR
+    # Its private server is gone with it, and it never took DATA_DIR's own (a `gem-labeler serve`'s).
+    data = tmp_path / "data"
+    assert running_socket(data) is None and not list(data.glob("prelabel-redis-*"))
+
+
+def test_prelabel_beside_a_running_serve_never_stops_its_embedded_redis(project_env, capsys, monkeypatch, tmp_path):
+    """`make run` (serve, embedded Redis in DATA_DIR) and a prelabel without REDIS_URL in the same folder."""
+    from backend.jobqueue.embedded import running_socket
+    from tests.test_api import free_port
+
+    data = tmp_path / "data"
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DATA_DIR": str(data), "REDIS_URL": ""}
+    serve = subprocess.Popen([sys.executable, "-m", "backend.cli", "serve", "--workers", "0", "--port", str(port)],
+                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert serve.poll() is None and time.monotonic() < deadline, serve.stderr.read() if serve.poll() else ""
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json()["redis"] == "ok":
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        queue = redis.Redis(unix_socket_path=running_socket(data))
+        queue.set("serve-was-here", "1")
+        monkeypatch.setenv("REDIS_URL", "")
+        for extra in (["--dry-run"], ["--workers", "1", "--limit", "2"]):
+            code, summary, text = prelabel(project_env, *extra, capsys=capsys)
+            assert code in (0, 1) and summary["total"] >= 2, text
+            # The running server was attached to, used and left running, with its data.
+            assert serve.poll() is None and running_socket(data) is not None
+            assert queue.get("serve-was-here") == b"1"
+            health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()
+            assert health["redis"] == "ok", health
+        assert sorted(p["task"] for batch in project_env["fake"].posts() for p in batch) == [1, 2]
+        assert queue.keys(f"{project_env['prefix']}:result:*"), "the run used the server's Redis"
+    finally:
+        serve.send_signal(signal.SIGINT)
+        serve.wait(30)
+    assert running_socket(data) is None, "serve stops the server it started"
 
 
 def test_lost_jobs_are_reported_instead_of_waited_on_forever(project_env, capsys):
@@ -293,3 +342,63 @@ def test_lost_jobs_are_reported_instead_of_waited_on_forever(project_env, capsys
     assert outcome["code"] == 1
     assert (summary["failed"], summary["pending"], summary["done"]) == (9, 0, 0)
     assert sum("disappeared" in f["reason"] for f in summary["failures"]) == 8
+
+
+def test_local_workers_use_the_url_and_key_given_on_the_command_line(project_env, capsys, tmp_path):
+    """--url/--api-key reach the --workers processes: they read Label Studio uploads with them."""
+    fake = project_env["fake"]
+    for index in (1, 2):
+        fake.uploads[f"/data/upload/{PROJECT}/up{index}.jpg"] = (project_env["root"] / f"img{index}.jpg").read_bytes()
+    fake.tasks[:] = [{"id": 500 + i, "data": {"image": f"/data/upload/{PROJECT}/up{i}.jpg"}} for i in (1, 2)]
+    assert os.environ["LABEL_STUDIO_URL"] == "" and os.environ["LABEL_STUDIO_API_KEY"] == ""
+    code, summary, text = prelabel(project_env, "--workers", "1", capsys=capsys)
+    assert code == 0, text
+    assert (summary["done"], summary["failed"]) == (2, 0)
+    fetched = [path for method, path, _, _ in fake.calls if path.startswith("/data/upload/")]
+    assert sorted(set(fetched)) == sorted(fake.uploads)
+
+
+def test_retry_failed_computes_a_failed_task_again_now(project_env, capsys):
+    fake = project_env["fake"]
+    fake.tasks[:] = [t for t in fake.tasks if t["id"] == 10]  # its image, missing.jpg, does not exist
+    code, summary, _ = prelabel(project_env, "--workers", "1", capsys=capsys)
+    assert (code, summary["failed"]) == (1, 1) and "missing.jpg" in summary["failures"][0]["reason"]
+    _image(project_env["root"] / "missing.jpg", 10)  # the cause is fixed
+    code, summary, _ = prelabel(project_env, capsys=capsys)  # no worker: the stored error answers
+    assert (code, summary["failed"], summary["done"]) == (1, 1, 0)
+    code, summary, text = prelabel(project_env, "--workers", "1", "--retry-failed", capsys=capsys)
+    assert (code, summary["failed"], summary["done"]) == (0, 0, 1), text
+    assert [p["task"] for batch in fake.posts() for p in batch] == [10]
+
+
+def test_the_progress_bar_counts_each_task_as_its_result_arrives(project_env):
+    """Not in steps of a push batch: each computed task moves the bar before anything is pushed."""
+    import io
+
+    from backend.bulk.common import Progress, Summary
+    from backend.bulk.project import _collect
+
+    conn = redis.Redis.from_url(project_env["redis_url"])
+    prefix = project_env["prefix"]
+    outstanding = {f"{prefix}-job{i}": 600 + i for i in range(5)}
+    to_push: list[dict] = []
+    summary = Summary()
+    with Progress(5, desc="project", stream=io.StringIO()) as bar:
+        for index, ident in enumerate(list(outstanding)):
+            result = {"task_id": 600 + index, "prediction": {"result": [], "model_version": "v"}}
+            if index == 3:
+                result = {"task_id": 603, "error": "image: broken"}
+            rq_queue.store_result(conn, prefix, ident, result, 60)
+            assert _collect(conn, prefix, outstanding, to_push, summary, bar) == 1
+            assert bar.done + bar.failed == index + 1
+    assert (bar.done, bar.failed, len(to_push)) == (4, 1, 4)
+
+
+def test_prelabel_says_which_model_settings_it_uses(project_env, capsys):
+    assert bulk.main(["--project", str(PROJECT), "--url", project_env["fake"].url, "--api-key", TOKEN, "--dry-run",
+                      "--no-progress", "--threshold", "0.4"]) == 1
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if line.startswith("model settings: "))
+    assert "method=gem model=tiny-vit" in line and "pretrained=" in line and "threshold=0.4" in line
+    assert f"model version {project_env['version']}" not in line  # the flag changed the version
+    assert "this shell's environment (METHOD, MODEL_NAME, MODEL_PRETRAINED" in line and "the flags" in line

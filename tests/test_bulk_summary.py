@@ -26,20 +26,26 @@ def test_exit_codes_say_what_happened():
     assert Summary(total=3, failed=[Failure("a", "bad")], interrupted=True).exit_code == EXIT_INTERRUPTED
 
 
-def test_render_counts_and_a_failure_table_one_row_each():
-    summary = Summary(total=5, skipped=1, done=2, elapsed_s=3.25,
-                      failed=[Failure("12", "image: local file not found:\n missing.jpg"), Failure("13", "x")])
-    text = summary.render(what="tasks")
-    lines = text.splitlines()
-    assert lines[0] == "5 tasks, pre-labeled 2, skipped 1, failed 2 in 3.2 s"
-    assert lines[2].split() == ["item", "reason"]
-    assert lines[4].split(None, 1) == ["12", "image: local file not found: missing.jpg"]
-    assert lines[5].split(None, 1) == ["13", "x"]
+def test_render_counts_and_each_failure_reason_once_with_its_count_and_items():
+    summary = Summary(total=6, skipped=1, done=2, elapsed_s=3.25,
+                      failed=[Failure("12", "image: local file not found:\n missing.jpg"), Failure("13", "x"),
+                              Failure("14", "image: local file not found: missing.jpg")])
+    lines = summary.render(what="tasks").splitlines()
+    assert lines[0] == "6 tasks, pre-labeled 2, skipped 1, failed 3 in 3.2 s"
+    assert lines[2].split() == ["count", "reason,", "then", "the", "tasks", "it", "hit"]
+    # The same reason (whitespace folded) is one row with its count, then the items it hit.
+    assert lines[3].split(None, 1) == ["2", "image: local file not found: missing.jpg"]
+    assert lines[4].strip() == "tasks: 12, 14"
+    assert lines[5].split(None, 1) == ["1", "x"] and lines[6].strip() == "tasks: 13"
+    assert len(lines) == 7
     interrupted = Summary(total=5, done=1, pending=4, interrupted=True).render(what="images")
     assert interrupted.startswith("interrupted: ") and "unfinished 4" in interrupted
     assert "run the same command again" in interrupted
-    long = Summary(failed=[Failure(str(i), "r") for i in range(60)]).render(max_rows=50)
-    assert long.splitlines()[-1] == "... and 10 more"
+    same = Summary(failed=[Failure(str(i), "worker died") for i in range(60)]).render()
+    assert same.splitlines()[3].split(None, 1) == ["60", "worker died"]
+    assert same.splitlines()[4].strip() == "items: " + ", ".join(str(i) for i in range(20)) + " and 40 more"
+    distinct = Summary(failed=[Failure(str(i), f"reason {i}") for i in range(60)]).render(max_rows=50)
+    assert distinct.splitlines()[-1] == "... and 10 more reasons"
     assert Summary(total=2, done=2, dry_run=True).render().startswith("2 items, would pre-label 2")
 
 

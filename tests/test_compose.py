@@ -63,6 +63,21 @@ def test_environment_matches_settings(compose):
     assert port == str(Settings.from_env({}).port)
 
 
+def test_the_api_listens_on_all_interfaces_only_because_compose_says_so_and_is_protected(compose):
+    from backend.service.auth import check_protection
+    from backend.settings import SettingsError
+
+    api = compose["services"]["api"]["environment"]
+    assert api["HOST"] == "0.0.0.0" and Settings.from_env({}).host == "127.0.0.1"
+    # Every way to protect the API reaches it from .env, and none is switched off by default.
+    for name in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS", "WEBHOOK_SECRET", "ALLOW_UNAUTHENTICATED"):
+        assert name in api, name
+    resolved = {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)) for k, v in api.items() if k in SETTING_NAMES}
+    with pytest.raises(SettingsError, match="WEBHOOK_SECRET"):
+        check_protection(Settings.from_env({**resolved, "LABEL_STUDIO_API_KEY": "token"}))
+    check_protection(Settings.from_env({**resolved, "LABEL_STUDIO_API_KEY": "token", "WEBHOOK_SECRET": "s"}))
+
+
 def test_model_volume_holds_the_cache(compose):
     assert {"models", "redis-data", "label-studio-data"} <= set(compose["volumes"])
     worker = compose["services"]["worker"]

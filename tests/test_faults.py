@@ -7,7 +7,12 @@
 - Label Studio refusing connections while workers push late predictions: pushes retry with backoff
   and every prediction arrives once it accepts again.
 
-The helpers at the top (a restartable Redis, worker processes, images) serve tests/test_bad_inputs.py too.
+- a task that kills its worker process each time it runs: after JOB_MAX_ATTEMPTS it gets an error and the
+  queue moves on;
+- two workers racing for a batch's job while Label Studio is slow: each task computed and pushed once.
+
+The helpers at the top (images, result counts) serve other tests too; the private redis-server is in
+tests/worker_processes.py (fixture `redis_server`).
 """
 
 from __future__ import annotations
@@ -31,61 +36,10 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from backend.jobqueue import queues as rq_queue
-from tests.worker_processes import start_worker, wait_for, worker_env
+from tests.worker_processes import free_port, start_worker, wait_for, worker_env
 
 ROOT = Path(__file__).parents[1]
-
-
-def free_port() -> int:
-    """Return a loopback TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RedisServer:
-    """A private redis-server on a loopback port with its own directory, persisting every write (AOF).
-
-    `stop()` shuts it down the way an operator would (SHUTDOWN, AOF flushed); `start()` brings it back on
-    the same port with the same data, so tests can take Redis away in the middle of a run.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout_s: float = 15.0) -> RedisServer:
-        """Start the server and return self once it answers PING."""
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-                   "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "no"]
-        log = (self.folder / "redis.log").open("ab")
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if client.ping():
-                    return self
-            except redis.ConnectionError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start: {(self.folder / 'redis.log').read_text()}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        """Shut the server down (its data stays on disk) and wait for the process to end."""
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGTERM)  # redis-server treats SIGTERM as SHUTDOWN
-        self.process.wait(20)
-        self.process = None
-
-    def client(self) -> redis.Redis:
-        """Return a client of this server."""
-        return redis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=5)
+PNG_BYTES = (ROOT / "tests" / "fixtures" / "bad_inputs" / "ok_rgb.png").read_bytes()
 
 
 def write_images(folder: Path, count: int, size: tuple[int, int] = (96, 72)) -> list[str]:
@@ -102,14 +56,6 @@ def write_images(folder: Path, count: int, size: tuple[int, int] = (96, 72)) -> 
         Image.fromarray(pixels).save(folder / name)
         names.append(name)
     return names
-
-
-@pytest.fixture()
-def redis_server(tmp_path):
-    """A private, restartable redis-server for one test."""
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 def result_count(conn: redis.Redis, prefix: str) -> int:
@@ -224,7 +170,7 @@ def test_redis_restart_mid_run_answers_503_then_completes(redis_server, tiny_vit
                     started = time.monotonic()
                     health = client.get("/health")
                     assert time.monotonic() - started < 1.5
-                    assert health.status_code == 200 and health.json()["status"] == "UP"
+                    assert health.status_code == 200 and health.json()["status"] == "DEGRADED"
                     assert "unreachable" in health.json()["redis"] and health.json()["workers"] is None
                     time.sleep(1)
                 assert worker.poll() is None, "the worker must outlive a Redis outage"
@@ -260,12 +206,14 @@ class RecordingLabelStudio:
         self.predictions: list[dict] = []
         self.posts = 0
         self.post_status = 201  # another status: every POST is refused with it and nothing is stored
+        self.post_delay_s = 0.0  # a slow Label Studio: each POST takes this long
         owner = self
 
         class Handler(QuietHandler):
             def do_POST(self):  # noqa: N802 (http.server API)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 owner.posts += 1
+                time.sleep(owner.post_delay_s)
                 if owner.post_status != 201:
                     self.reply(owner.post_status, {"detail": "Not found."})
                     return
@@ -302,7 +250,7 @@ def test_label_studio_down_longer_than_client_retries_outbox_delivers_each_once(
     prefix = f"l{uuid.uuid4().hex[:8]}"
     env = worker_env(redis_server.url, prefix, tiny_vit_checkpoint, files, PREDICT_WAIT_S="0", JOB_RETRIES="0",
                     LABEL_STUDIO_URL=f"http://127.0.0.1:{port}", LABEL_STUDIO_API_KEY="test-token",
-                    PUSH_BACKOFF_S="0.5")
+                    PUSH_BACKOFF_S="0.5", ALLOW_UNAUTHENTICATED="true")
     settings = Settings.from_env(env)
     conn = redis_server.client()
     log_path = tmp_path / "worker.log"
@@ -480,3 +428,175 @@ def test_outbox_claims_are_exclusive_and_come_back_after_the_lease(redis_server)
     assert outbox.claim(conn, prefix, now=time.time() + 10, limit=100) == []
     # A holder that died mid-push: its entries are due again once the lease has run out.
     assert sorted(outbox.claim(conn, prefix, now=time.time() + outbox.LEASE_S + 1, limit=100)) == sorted(jobs)
+
+
+def _task_jobs(settings, prefix: str):
+    from backend.jobqueue.digests import local_contents
+    from backend.jobqueue.jobs import TaskJobs
+    from backend.labelstudio.label_config import parse_label_config
+    from backend.options import ProjectOptions
+    from tests.test_worker import CONFIG
+
+    options = ProjectOptions.from_settings(settings)
+    return TaskJobs(prefix=prefix, project="1", vocabulary=parse_label_config(CONFIG), options=options,
+                    contents=local_contents(options))
+
+
+def _enqueue_tasks(conn, settings, jobs, tasks: list[dict], *, push: bool = False) -> list[str]:
+    """Enqueue tasks as the API does (asking for a push, as the webhook does, when `push`); return job ids."""
+    ids = []
+    for task in tasks:
+        url = task["data"]["image"]
+        ident = jobs.job_id(task, url)
+        if push:
+            conn.set(rq_queue.key(settings.queue_prefix, "push", ident), "1", ex=600)
+        assert rq_queue.enqueue(conn, settings, jobs.payload(ident, task, url), interactive=False) == "enqueued"
+        ids.append(ident)
+    return ids
+
+
+@pytest.mark.slow
+def test_a_task_that_kills_its_worker_gets_an_error_after_max_attempts_and_the_queue_moves_on(
+    redis_server, tiny_vit_checkpoint, tmp_path
+):
+    """Each time the poison task runs, its worker process dies (SIGKILL, as the OOM killer does)."""
+    from backend.settings import Settings
+    from tests.loopback_http import HangingImageHost
+
+    files = tmp_path / "files"
+    names = write_images(files, 3)
+    host = HangingImageHost(PNG_BYTES)  # never answers while the test lets the worker live
+    prefix = f"d{uuid.uuid4().hex[:8]}"
+    env = worker_env(redis_server.url, prefix, tiny_vit_checkpoint, files, JOB_RETRIES="0", WORKER_BATCH_SIZE="4",
+                     JOB_MAX_ATTEMPTS="2", ALLOWED_IMAGE_HOSTS="127.0.0.1", ALLOW_PRIVATE_ADDRESSES="true")
+    settings = Settings.from_env(env)
+    conn = redis_server.client()
+    poison = {"id": 1, "data": {"image": f"{host.url}/poison.png"}}
+    tasks = [poison] + [{"id": 2 + i, "data": {"image": f"/data/local-files/?d={name}"}} for i, name in enumerate(names)]
+    ids = _enqueue_tasks(conn, settings, _task_jobs(settings, prefix), tasks)
+    poison_result = rq_queue.key(prefix, "result", ids[0])
+    workers: list[subprocess.Popen] = []
+    kills = 0
+    try:
+        while True:
+            worker = start_worker(env, tmp_path / f"worker{len(workers)}.log")
+            workers.append(worker)
+            # The poison task started (it fetches its image first), or got its error instead.
+            wait_for(lambda: host.requests > kills or conn.exists(poison_result) or worker.poll() is not None,  # noqa: B023
+                     180, "the poison task to start again or to fail")
+            if conn.exists(poison_result):
+                break
+            assert worker.poll() is None, (tmp_path / f"worker{len(workers) - 1}.log").read_text()[-3000:]
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(10)
+            kills += 1
+            assert kills <= 2, "a task that kills its worker must not be re-queued forever"
+        def ended() -> list[dict] | None:
+            results = rq_queue.read_results(conn, prefix, ids)
+            return results if all(results) else None
+
+        results = wait_for(ended, 180, "every task to end")
+        assert kills == 2 and host.requests == 2
+        error = results[0]["error"]
+        assert "died 2 times" in error and "JOB_MAX_ATTEMPTS=2" in error and "retry_failed" in error
+        assert all("prediction" in r for r in results[1:]), results[1:]
+        queues = rq_queue.get_queues(conn, prefix)
+        wait_for(lambda: all(q.count == 0 and q.started_job_registry.count == 0 for q in queues), 60, "an empty queue")
+        assert all(q.failed_job_registry.count == 0 for q in queues)
+        # The attempts are counted in Redis: a restarted worker (here, three of them) saw them all.
+        assert int(conn.get(rq_queue.key(prefix, "attempts", ids[0]))) >= 2
+    finally:
+        host.close()
+        for worker in workers:
+            if worker.poll() is None:
+                worker.terminate()
+                worker.wait(30)
+
+
+@pytest.mark.slow
+def test_two_workers_racing_for_a_batched_job_compute_and_push_each_task_once(
+    redis_server, tiny_vit_checkpoint, tmp_path
+):
+    """Worker Y batches four jobs; worker X takes one of them meanwhile; Label Studio is slow to accept."""
+    from backend.settings import Settings
+    from tests.loopback_http import HangingImageHost
+
+    files = tmp_path / "files"
+    names = write_images(files, 3)
+    keeps_x_busy, keeps_batch_open = HangingImageHost(PNG_BYTES), HangingImageHost(PNG_BYTES)
+    ls = RecordingLabelStudio(free_port())
+    ls.post_delay_s = 2.0
+    prefix = f"x{uuid.uuid4().hex[:8]}"
+    env = worker_env(redis_server.url, prefix, tiny_vit_checkpoint, files, JOB_RETRIES="0", WORKER_BATCH_SIZE="4",
+                     ALLOWED_IMAGE_HOSTS="127.0.0.1", ALLOW_PRIVATE_ADDRESSES="true",
+                     LABEL_STUDIO_URL=f"http://127.0.0.1:{ls.server.server_address[1]}",
+                     LABEL_STUDIO_API_KEY="test-token")
+    settings = Settings.from_env(env)
+    conn = redis_server.client()
+    logs = [tmp_path / "worker-a.log", tmp_path / "worker-b.log"]
+    workers = [start_worker(env, path) for path in logs]
+    try:
+        wait_for(lambda: rq_queue.worker_count(conn, prefix) == 2 or any(w.poll() is not None for w in workers), 120,
+                 "both workers")
+        jobs = _task_jobs(settings, prefix)
+        # One worker (X) gets stuck on a slow image ...
+        _enqueue_tasks(conn, settings, jobs, [{"id": 90, "data": {"image": f"{keeps_x_busy.url}/x.png"}}])
+        wait_for(lambda: keeps_x_busy.requests, 60, "a worker to be busy")
+        # ... so the other (Y) takes the first of four jobs and claims the three after it for its batch, whose
+        # last image is slow: Y holds the claims while X becomes free and takes the second job.
+        tasks = [{"id": 100 + i, "data": {"image": f"/data/local-files/?d={name}"}} for i, name in enumerate(names)]
+        tasks.append({"id": 103, "data": {"image": f"{keeps_batch_open.url}/last.png"}})
+        ids = _enqueue_tasks(conn, settings, jobs, tasks, push=True)
+        wait_for(lambda: keeps_batch_open.requests, 60, "the batch to be under way")
+        assert conn.exists(*[rq_queue.key(prefix, "claim", ident) for ident in ids]) == 4
+        keeps_x_busy.release()
+        text = lambda: "".join(path.read_text() for path in logs)  # noqa: E731
+        wait_for(lambda: f"job {ids[1]}: started" in text(), 60, "the other worker to take a batched job")
+        keeps_batch_open.release()
+        wait_for(lambda: len({p["task"] for p in ls.predictions}) == 4, 120, "every prediction to be pushed")
+        time.sleep(3 * ls.post_delay_s)  # a second computation or push would land now
+        per_task = Counter(p["task"] for p in ls.predictions)
+        assert per_task == {task["id"]: 1 for task in tasks}, per_task
+        for ident in ids:
+            assert text().count(f"job {ident}: stored") == 1, f"job {ident} computed more than once"
+    finally:
+        keeps_x_busy.close()
+        keeps_batch_open.close()
+        ls.close()
+        for worker in workers:
+            if worker.poll() is None:
+                worker.terminate()
+                worker.wait(30)
+
+
+def test_a_prediction_is_pushed_once_per_task_and_version_whichever_path_pushes(redis_server):
+    """Racing pushers, a retry after a failed push, and the outbox: one prediction per (task, version)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from backend.jobqueue import outbox, push_once
+
+    ls = RecordingLabelStudio(free_port())
+    try:
+        settings = _outbox_settings(redis_server, ls.server.server_address[1])
+        prefix = settings.queue_prefix
+        conn = redis_server.client()
+        with ThreadPoolExecutor(8) as pool:
+            claims = list(pool.map(lambda _: push_once.begin(redis_server.client(), prefix, 5, "v1"), range(8)))
+        assert sorted(verdict for verdict, _ in claims) == ["busy"] * 7 + ["go"]
+        token = next(token for verdict, token in claims if verdict == "go")
+        push_once.finish(conn, settings, 5, "v1", token, pushed=True)
+        # Another job for the same task and version waits in the outbox: it must not push again.
+        _queue_push(conn, settings, "job-other", 5)
+        client = outbox.outbox_client(settings)
+        assert outbox.drain(conn, settings, client) == {"present": 1} and ls.posts == 0
+        # A failed push releases the marker: the retry pushes, once; a later one for the same task does not.
+        verdict, token = push_once.begin(conn, prefix, 6, "v1")
+        assert verdict == "go"
+        push_once.finish(conn, settings, 6, "v1", token, pushed=False)
+        _queue_push(conn, settings, "job-6", 6)
+        assert outbox.drain(conn, settings, client) == {"pushed": 1} and ls.posts == 1
+        _queue_push(conn, settings, "job-6-again", 6)
+        assert outbox.drain(conn, settings, client) == {"present": 1} and ls.posts == 1
+        assert push_once.begin(conn, prefix, 6, "v2")[0] == "go", "another version is another prediction"
+    finally:
+        ls.close()

@@ -264,6 +264,19 @@ def test_label_studio_on_another_port_is_not_label_studio(serve):
     assert info.value.reason == "forbidden" and other.requests == []
 
 
+@pytest.mark.parametrize("location", ["/api/projects/1/export?exportType=JSON", "/api/current-user/token",
+                                      "/data/upload/../../api/projects/", "{ls}/api/token/refresh/"])
+def test_redirect_to_a_label_studio_api_path_never_carries_the_key(serve, location: str):
+    """A redirect back to Label Studio passes the same media-path check as the task's URL did, before the key."""
+    ls = serve()
+    ls.routes["/data/upload/1/a.png"] = redirect_to(location.format(ls=ls.url))
+    ls.routes["/api/projects/1/export"] = image  # would "work" if the key went there
+    with pytest.raises(ImageError, match="not a media path") as info:
+        load_task_image("/data/upload/1/a.png", settings_for(ls))
+    assert info.value.reason == "forbidden"
+    assert [path for path, _ in ls.requests if not path.startswith("/data/upload/")] == [], ls.requests
+
+
 def test_redirect_loop_stops(serve):
     ls = serve()
     ls.routes["/data/upload/1/a.png"] = redirect_to("/data/upload/1/b.png")

@@ -57,12 +57,16 @@ def test_model_version_is_stable_and_tracks_what_changes_predictions():
     assert model_version(base.with_params({"threshold": "0.4"})) != model_version(base)
     assert model_version(base.with_params({"method": "gradcam"})) != model_version(base)
     local = ProjectOptions.from_settings(Settings.from_env({"MODEL_PRETRAINED": "/weights/a/tiny.pt"}))
-    assert "-tiny.pt-" in model_version(local)
+    assert "-tiny.pt-" in model_version(local, {"/weights/a/tiny.pt": "abc"})
 
 
 def test_project_ids_and_image_urls():
     assert project_id("12.1700000000") == "12" and project_id(5) == "5" and project_id({"id": 9}) == "9"
     assert project_id(None) == ""
+    # A project id becomes part of Redis keys: only a bounded plain word.
+    for bad in ("a:b", "1 2", "x" * 65, "../x", {"id": "p*"}):
+        with pytest.raises(ValueError, match="not a plain id"):
+            project_id(bad)
     vocab = parse_label_config('<View><Image name="i" value="$pic"/><BrushLabels name="b" toName="i">'
                                '<Label value="a"/></BrushLabels></View>')
     assert image_url_of({"data": {"pic": " http://x/a.png "}}, vocab) == "http://x/a.png"

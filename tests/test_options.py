@@ -10,7 +10,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backend.cli import prelabel
-from backend.options import OPTIONS, OptionsError, ProjectOptions, model_version, spell
+from backend.options import (
+    OPTIONS,
+    ContentUnknown,
+    OptionsError,
+    ProjectOptions,
+    content_files,
+    model_version,
+    spell,
+)
 from backend.service.app import create_app
 from backend.settings import ENV_VARS, Settings, SettingsError
 
@@ -102,14 +110,34 @@ def test_model_versions_made_before_the_table_stay_the_same():
         "method": "gradcam", "model": "tiny-vit", "model_pretrained": "/w/a/tiny.pt", "model_config": "/x/tiny-vit.json",
         "threshold": 0.4, "min_area": "0.01", "score_threshold": 0.2, "outputs": ["polygon", "brush"],
         "region_mode": "independent"})
-    assert model_version(custom) == "gem-labeler-gradcam-tiny-vit-tiny.pt-fb7370db"
+    # Files enter by their content too (since issue 16): a version needs their digests, and it changed.
+    with pytest.raises(ContentUnknown, match="/w/a/tiny.pt, /x/tiny-vit.json"):
+        model_version(custom)
+    version = model_version(custom, {"/w/a/tiny.pt": "aa", "/x/tiny-vit.json": "bb"})
+    assert version.startswith("gem-labeler-gradcam-tiny-vit-tiny.pt-") and version != "gem-labeler-gradcam-tiny-vit-tiny.pt-fb7370db"
+
+
+def _digests(options: ProjectOptions) -> dict[str, str]:
+    """Made-up content digests, one per file path."""
+    return {path: f"digest-of-{path}" for path in content_files(options)}
+
+
+def test_two_checkpoints_with_one_file_name_get_two_versions_and_one_file_moved_keeps_its_version():
+    first = ProjectOptions.from_settings(DEFAULTS, {"model_pretrained": "/weights/a/model.pt"})
+    second = ProjectOptions.from_settings(DEFAULTS, {"model_pretrained": "/weights/b/model.pt"})
+    assert content_files(first) == ["/weights/a/model.pt"]
+    different = model_version(first, {"/weights/a/model.pt": "1111"}), model_version(second, {"/weights/b/model.pt": "2222"})
+    assert different[0] != different[1], "the content decides, not the file name"
+    moved = model_version(second, {"/weights/b/model.pt": "1111"})
+    assert moved == different[0], "the same file mounted elsewhere keeps its version"
+    assert content_files(ProjectOptions.from_settings(DEFAULTS)) == []  # a tag has no file
 
 
 @pytest.mark.parametrize("option", [o for o in OPTIONS if o.name in EXAMPLES], ids=lambda o: o.name)
 def test_the_model_version_and_engine_keys_follow_the_table(option):
     base = ProjectOptions.from_settings(DEFAULTS)
     changed = base.with_params({option.key: EXAMPLES[option.name]})
-    assert (model_version(changed) != model_version(base)) == (option.version != "none")
+    assert (model_version(changed, _digests(changed)) != model_version(base)) == (option.version != "none")
     assert (changed.model_key() != base.model_key()) == (option.stage == "model")
     assert (changed.engine_key() != base.engine_key()) == (option.stage in ("model", "engine"))
 

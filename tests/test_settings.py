@@ -15,7 +15,9 @@ def test_defaults_without_environment():
     assert settings.model_name == "ViT-B-16"
     assert settings.model_pretrained == "openai"
     assert settings.method == "gem"
-    assert settings.port == 9090 and settings.host == "0.0.0.0"
+    # Loopback unless told otherwise (docker compose sets HOST=0.0.0.0): an open port is opt-in.
+    assert settings.port == 9090 and settings.host == "127.0.0.1"
+    assert settings.job_max_attempts == 3 and not settings.allow_unauthenticated and not settings.webhook_secret
     assert 0 < settings.predict_wait_s < 100  # Label Studio gives up after 100 s
     assert not settings.auth_enabled and not settings.can_push
 
@@ -51,6 +53,12 @@ def test_values_are_parsed_by_type():
         ({"BASIC_AUTH_USER": "only-user"}, "BASIC_AUTH_PASS"),
         ({"JOB_TIMEOUT_S": "0"}, "JOB_TIMEOUT_S must be positive"),
         ({"JOB_RETRIES": "-1"}, "JOB_RETRIES"),
+        ({"JOB_MAX_ATTEMPTS": "0"}, "JOB_MAX_ATTEMPTS must be positive"),
+        # QUEUE_PREFIX starts Redis keys and job ids: no colon, no space, bounded.
+        ({"QUEUE_PREFIX": "a:b"}, "QUEUE_PREFIX must be 1 to 64 letters"),
+        ({"QUEUE_PREFIX": "my queue"}, "QUEUE_PREFIX must be 1 to 64 letters"),
+        ({"QUEUE_PREFIX": "q" * 65}, "QUEUE_PREFIX must be 1 to 64 letters"),
+        ({"QUEUE_PREFIX": ""}, "QUEUE_PREFIX must be 1 to 64 letters"),
     ],
 )
 def test_bad_values_name_the_variable(environ, message):

@@ -77,3 +77,23 @@ def test_bad_options(loaded):
         text.text_embeddings(loaded, [["cat"]], templates="many")
     with pytest.raises(ValueError, match="synonym_embeddings"):
         text.text_embeddings(loaded, [["cat"]], combine="max")
+
+
+def test_the_cache_is_bounded_and_drops_the_least_recently_used(loaded, monkeypatch):
+    """Free-text prompts (interactive TextArea) must not grow the cache without end."""
+    monkeypatch.setattr(text, "MAX_CACHED_PROMPTS", 8)
+    calls: list[int] = []
+    real = text._encode
+    monkeypatch.setattr(text, "_encode", lambda model, sentences: calls.append(len(sentences)) or real(model, sentences))
+    first = text.prompt_embeddings(loaded, ["keep"])
+    for start in range(0, 40, 4):
+        text.prompt_embeddings(loaded, [f"typed {i}" for i in range(start, start + 4)])
+        text.prompt_embeddings(loaded, ["keep"])  # used again: the most recent, never evicted
+    assert len(text._CACHE[loaded.model]) == 8
+    assert sum(calls) == 1 + 40, "'keep' was encoded once"
+    torch.testing.assert_close(text.prompt_embeddings(loaded, ["keep"]), first)
+    text.prompt_embeddings(loaded, ["typed 0"])  # long evicted: encoded again
+    assert sum(calls) == 42
+    # A request with more prompts than the cache holds still gets every embedding.
+    many = text.prompt_embeddings(loaded, [f"burst {i}" for i in range(20)])
+    assert many.shape[0] == 20 and len(text._CACHE[loaded.model]) == 8

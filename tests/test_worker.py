@@ -18,6 +18,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from backend.jobqueue import queues as rq_queue
+from backend.jobqueue.digests import local_contents
 from backend.jobqueue.jobs import make_payload
 from backend.labelstudio.label_config import parse_label_config
 from backend.options import ProjectOptions, model_version
@@ -91,8 +92,9 @@ def ls() -> Iterator[FakeLabelStudio]:
 def stack(redis_url, tiny_vit_checkpoint, files, ls, tmp_path_factory):
     """A running worker process and the settings the API must use with it."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
+    # The API here runs without auth while holding a Label Studio key: the explicit opt-out.
     extra = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": "test-token", "PREDICT_WAIT_S": "60",
-             "JOB_RETRIES": "0"}
+             "JOB_RETRIES": "0", "ALLOW_UNAUTHENTICATED": "true"}
     env = worker_env(redis_url, prefix, tiny_vit_checkpoint, files, **extra)
     log_path = tmp_path_factory.mktemp("logs") / "worker.log"
     process = start_worker(env, log_path)
@@ -261,7 +263,7 @@ def test_worker_batches_waiting_jobs_and_stores_failures(redis_url, tiny_vit_che
     for i in range(4):
         payload = make_payload(job=f"{prefix}-b{i}", prefix=prefix, project="1", task={"id": 100 + i},
                                image_url=local(f"s{i}.png"), vocabulary=vocabulary, options=options,
-                               version=model_version(options))
+                               version=model_version(options, local_contents(options)))
         rq_queue.enqueue(conn, settings, payload, interactive=False)
         ids.append(payload["job_id"])
     broken = {"job_id": f"{prefix}-broken", "prefix": prefix, "task_id": 200, "project": "1",
@@ -270,12 +272,12 @@ def test_worker_batches_waiting_jobs_and_stores_failures(redis_url, tiny_vit_che
     # A host that refuses connections: a transient error, retried by RQ, then stored by the failure callback.
     refused = make_payload(job=f"{prefix}-refused", prefix=prefix, project="1", task={"id": 201},
                            image_url=f"http://127.0.0.1:{free_port()}/a.png", vocabulary=vocabulary,
-                           options=options, version=model_version(options))
+                           options=options, version=model_version(options, local_contents(options)))
     rq_queue.enqueue(conn, settings, refused, interactive=False)
     # Enqueued last, served first: the interactive queue comes before the batch queue.
     urgent = make_payload(job=f"{prefix}-urgent", prefix=prefix, project="1", task={"id": 300},
                           image_url=local("scene.png"), vocabulary=vocabulary, options=options,
-                          version=model_version(options), context={"result": [{"type": "textarea",
+                          version=model_version(options, local_contents(options)), context={"result": [{"type": "textarea",
                                                                                "value": {"text": ["red"]}}]})
     rq_queue.enqueue(conn, settings, urgent, interactive=True)
     process = start_worker(env, tmp_path / "burst.log", "--burst")
@@ -341,6 +343,41 @@ def test_engine_cache_shares_a_model_between_methods_and_bounds_models(tiny_vit_
     vocabulary = parse_label_config(CONFIG)
     bad = options.with_params({"model": "no-such-model", "model_config": ""})
     payload = make_payload(job="j", prefix="tcache", project="1", task={"id": 1}, image_url=local("scene.png"),
-                           vocabulary=vocabulary, options=bad, version=model_version(bad))
+                           vocabulary=vocabulary, options=bad, version=model_version(bad, local_contents(bad)))
     (outcome,) = predict_payloads([payload], cache, settings)
     assert outcome.prediction is None and not outcome.retry and "no-such-model" in outcome.error
+
+
+def test_weights_enter_the_model_version_by_their_content_which_workers_publish(stack, tiny_vit_checkpoint,
+                                                                                 tmp_path):
+    """Two checkpoints named model.pt get two versions; the same file in another folder keeps its version."""
+    import hashlib
+    import shutil
+
+    from backend.jobqueue import digests
+
+    settings, conn = stack["settings"], stack["conn"]
+    default = tiny_vit_checkpoint["pretrained"]
+    # The worker published its own weights' digest when it started.
+    assert digests.published(conn, settings.queue_prefix, [default]) == {
+        default: hashlib.sha256(Path(default).read_bytes()).hexdigest()}
+    paths = {name: tmp_path / name / "model.pt" for name in ("a", "b", "c")}
+    for path in paths.values():
+        path.parent.mkdir()
+        shutil.copy(default, path)
+    with paths["b"].open("ab") as handle:
+        handle.write(b"other weights")
+    versions = {}
+    with serve(settings) as client:
+        for index, (name, path) in enumerate(paths.items()):
+            reply = client.post("/setup", json={"project": f"6{index}", "schema": CONFIG,
+                                                "extra_params": {"model_pretrained": str(path)}})
+            assert reply.status_code == 200, reply.text
+            versions[name] = reply.json()["model_version"]
+    assert all("-model.pt-" in version for version in versions.values())
+    assert versions["a"] != versions["b"], "different weights under one file name share no predictions"
+    assert versions["a"] == versions["c"], "the same weights mounted elsewhere keep their version"
+    # The API never read those files: it asked the worker, which published their digests.
+    assert set(digests.published(conn, settings.queue_prefix, [str(p) for p in paths.values()])) == {
+        str(p) for p in paths.values()}
+    assert "digest of" in stack["log"].read_text()

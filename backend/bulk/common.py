@@ -12,6 +12,8 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from backend.options import OPTIONS, ProjectOptions, spell
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130  # the shell's code for a command stopped by SIGINT
@@ -59,8 +61,9 @@ class Summary:
             "failures": [{"item": f.item, "reason": f.reason} for f in self.failed],
         }
 
-    def render(self, *, what: str = "items", max_rows: int = 50) -> str:
-        """Return the human summary: one line of counts, then a table of failures with their reasons."""
+    def render(self, *, what: str = "items", max_rows: int = 50, max_items: int = 20) -> str:
+        """Return the human summary: one line of counts, then the failures, each distinct reason once with its
+        count and the items it hit (at most `max_rows` reasons, `max_items` items each)."""
         verb = "would pre-label" if self.dry_run else "pre-labeled"
         parts = [
             f"{self.total} {what}",
@@ -74,18 +77,25 @@ class Summary:
         if self.interrupted:
             line = "interrupted: " + line + "; run the same command again to continue"
         lines = [line]
-        if self.failed:
-            rows = self.failed[:max_rows]
-            width = min(60, max(len("item"), *(len(f.item) for f in rows)))
+        groups = self.failures_by_reason()
+        if groups:
             lines.append("")
-            lines.append(f"{'item':<{width}}  reason")
-            lines.append(f"{'-' * width}  {'-' * 6}")
-            for failure in rows:
-                reason = " ".join(failure.reason.split())  # one row per failure, whatever the message holds
-                lines.append(f"{failure.item:<{width}}  {reason}")
-            if len(self.failed) > max_rows:
-                lines.append(f"... and {len(self.failed) - max_rows} more")
+            lines.append(f"{'count':>5}  reason, then the {what} it hit")
+            for reason, items in list(groups.items())[:max_rows]:
+                lines.append(f"{len(items):>5}  {reason}")
+                shown = ", ".join(items[:max_items])
+                more = f" and {len(items) - max_items} more" if len(items) > max_items else ""
+                lines.append(f"{'':>5}  {what}: {shown}{more}")
+            if len(groups) > max_rows:
+                lines.append(f"... and {len(groups) - max_rows} more reasons")
         return "\n".join(lines)
+
+    def failures_by_reason(self) -> dict[str, list[str]]:
+        """Return the failed items grouped by reason (whitespace folded to one line), most frequent first."""
+        groups: dict[str, list[str]] = {}
+        for failure in self.failed:
+            groups.setdefault(" ".join(failure.reason.split()), []).append(failure.item)
+        return dict(sorted(groups.items(), key=lambda group: -len(group[1])))
 
 
 class Progress:
@@ -152,6 +162,18 @@ class StopRequest:
         if self._installed:
             signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]
             self._installed = False
+
+
+def describe_options(options: ProjectOptions, version: str, *, extra_params: dict | None = None,
+                     flags: dict | None = None) -> str:
+    """Return the line saying which model settings a run uses and where they come from."""
+    values = " ".join(f"{o.key}={spell(getattr(options, o.name)) or '(none)'}" for o in OPTIONS)
+    sources = ["this shell's environment (" + ", ".join(o.env for o in OPTIONS) + ")"]
+    if extra_params:
+        sources.append(f"then the project's extra params set in Label Studio ({extra_params})")
+    if flags:
+        sources.append(f"then the flags ({flags})")
+    return f"model settings: {values}; model version {version}; from {', '.join(sources)}"
 
 
 class UsageError(ValueError):

@@ -88,8 +88,10 @@ class PipelineLabelerSpec:
 
     @property
     def version(self) -> str:
-        """Return the model version every prediction carries."""
-        return model_version(self.options)
+        """Return the model version every prediction carries (weights and config by the content read here)."""
+        from backend.jobqueue.digests import local_contents
+
+        return model_version(self.options, local_contents(self.options))
 
     @property
     def run_key(self) -> str:
@@ -189,6 +191,7 @@ class FolderRun:
     alpha: float = 0.5
     colormap: str = "jet"
     progress: bool = True
+    retry_failed: bool = False  # also retry images whose earlier failure looked permanent
 
 
 def find_images(folder: Path, *, exclude: Path | None = None) -> list[str]:
@@ -260,13 +263,14 @@ class StateFile:
             return handle.read(1) == b"\n"
 
 
-def classify(record: dict[str, Any] | None, *, run_key: str, print_: list[int], out: Path, overlays: bool) -> str:
+def classify(record: dict[str, Any] | None, *, run_key: str, print_: list[int], out: Path, overlays: bool,
+             retry_failed: bool = False) -> str:
     """Return what a rerun does with an image: "skip" (done), "known" (same permanent failure), or "run"."""
     if not record or record.get("run") != run_key or record.get("fingerprint") != print_:
         return "run"
     if record.get("status") == "done":
         return "skip" if not overlays or (out / record.get("overlay", "")).is_file() else "run"
-    if record.get("status") == "failed" and not record.get("retryable", True):
+    if record.get("status") == "failed" and not record.get("retryable", True) and not retry_failed:
         return "known"  # an unchanged file that could not be decoded will not decode now either
     return "run"
 
@@ -414,7 +418,8 @@ def run_folder(run: FolderRun, factory: LabelerFactory, *, run_key: str) -> Summ
         except OSError as exc:
             stat_failures.append(Failure(relpath, f"cannot read: {exc}"))
             continue
-        verdict = classify(records.get(relpath), run_key=run_key, print_=print_, out=run.out, overlays=run.overlays)
+        verdict = classify(records.get(relpath), run_key=run_key, print_=print_, out=run.out, overlays=run.overlays,
+                           retry_failed=run.retry_failed)
         if verdict == "skip":
             summary.skipped += 1
         elif verdict == "run":

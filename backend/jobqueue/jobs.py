@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from backend.labelstudio.label_config import Vocabulary
@@ -16,13 +18,21 @@ JOB_FUNCTION = "backend.jobqueue.worker.run_job"
 FAILURE_CALLBACK = "backend.jobqueue.worker.on_job_failure"
 
 
+# A project id becomes part of Redis keys: Label Studio's are integers; a bounded plain word is accepted.
+PROJECT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 def project_id(project: Any) -> str:
-    """Return the project id from Label Studio's `project` field ("12.1700000000" or 12 or {"id": 12})."""
+    """Return the project id from Label Studio's `project` field ("12.1700000000" or 12 or {"id": 12});
+    raise ValueError for one that is not a plain word of at most 64 characters."""
     if isinstance(project, dict):
         project = project.get("id")
     if project is None or project == "":
         return ""
-    return str(project).split(".", 1)[0]
+    ident = str(project).split(".", 1)[0]
+    if not PROJECT_ID.fullmatch(ident):
+        raise ValueError(f"project id {ident[:80]!r} is not a plain id (1 to 64 letters, digits, '-' or '_')")
+    return ident
 
 
 def job_id(
@@ -78,9 +88,11 @@ class TaskJobs:
     must get the same job id, or it would be computed twice.
     """
 
-    def __init__(self, *, prefix: str, project: str, vocabulary: Vocabulary, options: ProjectOptions) -> None:
+    def __init__(self, *, prefix: str, project: str, vocabulary: Vocabulary, options: ProjectOptions,
+                 contents: Mapping[str, str] | None = None) -> None:
+        """`contents`: the content digests of the options' weight and config files (`backend.jobqueue.digests`)."""
         self.prefix, self.project, self.vocabulary, self.options = prefix, project, vocabulary, options
-        self.version = model_version(options)
+        self.version = model_version(options, contents)
         self.config_hash = vocabulary.config_hash()
         # Turned into JSON once for all the payloads of a request or run.
         self._shared = {"vocabulary": vocabulary.to_dict(), "options": options.to_dict()}

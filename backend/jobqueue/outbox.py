@@ -9,7 +9,8 @@ their score a lease ahead (so two workers never hold the same entry, and an entr
 comes back after the lease), pushes each after checking Label Studio does not already hold it, and on
 failure reschedules it with jittered exponential backoff from PUSH_BACKOFF_S up to an hour. An entry is
 dropped, with an error in the log, on a permanent 4xx (task deleted, invalid prediction), when its
-prediction is no longer stored, or once it is older than PUSH_MAX_AGE_S.
+prediction is no longer stored, or once it is older than PUSH_MAX_AGE_S. Like every push, it first takes
+the (task, model version) marker of `push_once`, so a prediction another path pushed is never pushed again.
 
 While the outbox holds entries Label Studio is probably down, so a worker then queues new pushes in the
 outbox (due at once) instead of spending the client's retry window on each: model work never stalls.
@@ -27,6 +28,7 @@ from typing import Any
 
 import redis
 
+from backend.jobqueue import push_once
 from backend.jobqueue import queues as rq_queue
 from backend.labelstudio.client import LabelStudioClient, LabelStudioError
 from backend.settings import Settings
@@ -39,6 +41,7 @@ LEASE_S = 300.0
 CLIENT_TIMEOUT_S = 30.0
 MAX_BACKOFF_S = 3600.0
 CLAIM_LIMIT = 50
+BUSY_RETRY_S = 5.0  # another pusher holds the prediction's marker: look again this soon
 # Statuses after which the same push may succeed later: the key may be fixed, the server may recover.
 RETRY_LATER_STATUSES = frozenset({401, 403, 408, 409, 423, 425, 429})
 
@@ -141,14 +144,26 @@ def deliver(conn: redis.Redis, settings: Settings, client: LabelStudioClient, jo
                   entry.task_id, job_id)
         return "dropped"
     body = {**prediction, "task": entry.task_id}
+    version = str(prediction.get("model_version"))
+    verdict, token = push_once.begin(conn, prefix, entry.task_id, version)
+    if verdict == "done":
+        _remove(conn, prefix, job_id)
+        log.info("task %s job %s: Label Studio already holds the prediction", entry.task_id, job_id)
+        return "present"
+    if verdict == "busy":  # another pusher holds it; look again soon, in case that one gives up
+        conn.zadd(due_key(prefix), {job_id: time.time() + BUSY_RETRY_S})
+        return "retry"
+    pushed = False
     try:
         # An earlier attempt may have landed without an answer: never push a prediction twice.
         if any(p.get("model_version") == body.get("model_version") and p.get("result") == body.get("result")
                for p in client.list_predictions(entry.task_id)):
             _remove(conn, prefix, job_id)
+            pushed = True
             log.info("task %s job %s: Label Studio already holds the prediction", entry.task_id, job_id)
             return "present"
         client.create_prediction(entry.task_id, prediction)
+        pushed = True
     except Exception as exc:  # noqa: BLE001 (every failure is either rescheduled or dropped, never lost silently)
         if not retry_later(exc):
             _remove(conn, prefix, job_id)
@@ -164,6 +179,8 @@ def deliver(conn: redis.Redis, settings: Settings, client: LabelStudioClient, jo
         log.warning("task %s job %s: push to Label Studio attempt %d from the outbox failed (%s); next in %.1f s",
                     entry.task_id, job_id, entry.attempts, exc, delay)
         return "retry"
+    finally:
+        push_once.finish(conn, settings, entry.task_id, version, token, pushed=pushed)
     _remove(conn, prefix, job_id)
     log.info("task %s job %s: prediction pushed to Label Studio from the outbox", entry.task_id, job_id)
     return "pushed"

@@ -3,11 +3,14 @@
 Results live under their own keys (`<prefix>:result:<job id>`, JSON, with a TTL) so that /predict reads
 a whole batch with one MGET. The "push to Label Studio" handshake between the API (which gave up
 waiting) and the worker (which finished) is two small transactions, so a prediction is either
-returned by /predict or pushed by the worker, never both and never neither.
+returned by /predict or pushed by the worker, never both and never neither. Beside them: stored errors
+listed per project (dropped when its settings change), starts of each job not yet ended (what stays
+counted are worker deaths), and the liveness keys that decide how many workers are alive.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Sequence
@@ -16,6 +19,7 @@ from typing import Any
 
 import pydantic_core
 import redis
+import redis.asyncio
 from rq import Queue, Retry
 from rq.callbacks import Callback
 from rq.exceptions import DuplicateJobError, NoSuchJobError
@@ -37,12 +41,27 @@ class RedisUnavailable(RuntimeError):
     """Redis cannot be reached; the message says where and why."""
 
 
-def connect(url: str, *, timeout_s: float = 2.0) -> redis.Redis:
-    """Return a Redis client with short timeouts (the connection is made lazily)."""
+def connect(url: str, *, timeout_s: float = 2.0, blocking: bool = False) -> redis.Redis:
+    """Return a Redis client with short timeouts (the connection is made lazily).
+
+    `blocking`: for an RQ worker loop, whose blocking dequeue waits minutes for a job; its reads get no
+    timeout of ours (RQ sets one just above its dequeue timeout) and TCP keepalive holds the idle line.
+    """
     if not url:
         raise RedisUnavailable("REDIS_URL is not set")
     # The health check_interval keeps a long-lived API connection honest after a Redis restart.
-    return redis.Redis.from_url(
+    options: dict[str, Any] = {"socket_connect_timeout": timeout_s, "health_check_interval": 30,
+                               "socket_timeout": None if blocking else timeout_s}
+    if blocking and not url.startswith("unix:"):  # unix sockets have no keepalive
+        options["socket_keepalive"] = True
+    return redis.Redis.from_url(url, **options)
+
+
+def connect_async(url: str, *, timeout_s: float = 2.0) -> redis.asyncio.Redis:
+    """Return an asyncio Redis client (for waiting without a thread), with the same short timeouts."""
+    if not url:
+        raise RedisUnavailable("REDIS_URL is not set")
+    return redis.asyncio.Redis.from_url(
         url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s, health_check_interval=30
     )
 
@@ -161,35 +180,96 @@ def read_results(conn: redis.Redis, prefix: str, job_ids: Sequence[str]) -> list
     return [r.parsed() if r is not None else None for r in read_stored(conn, prefix, job_ids)]
 
 
-def wait_for_results(
-    conn: redis.Redis,
+async def wait_for_results(
+    aconn: redis.asyncio.Redis,
     prefix: str,
     job_ids: Sequence[str],
     timeout_s: float,
     *,
-    known: list[StoredResult | None] | None = None,
+    known: list[StoredResult | None],
     poll_s: float = 0.02,
 ) -> list[StoredResult | None]:
-    """Return the results of `job_ids`, waiting up to `timeout_s` for missing ones (None where still missing)."""
-    results = list(known) if known is not None else read_stored(conn, prefix, job_ids)
+    """Return the results of `job_ids`, waiting up to `timeout_s` for missing ones (None where still missing),
+    in the event loop with an asyncio client: a waiting request holds no thread."""
+    results = list(known)
     deadline = time.monotonic() + timeout_s
     delay = poll_s
     while any(r is None for r in results) and time.monotonic() < deadline:
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 1.5, 0.25)
         missing = [i for i, r in enumerate(results) if r is None]
-        for i, value in zip(missing, read_stored(conn, prefix, [job_ids[i] for i in missing]), strict=True):
-            results[i] = value
+        raw = await aconn.mget([key(prefix, "result", job_ids[i]) for i in missing])
+        for i, value in zip(missing, raw, strict=True):
+            results[i] = _decode(value)
     return results
 
 
-def store_result(conn: redis.Redis, prefix: str, job: str, result: dict[str, Any], ttl_s: int) -> bool:
-    """Store a job's result; return whether an API request gave up on it (the worker must push it)."""
+def store_result(
+    conn: redis.Redis, prefix: str, job: str, result: dict[str, Any], ttl_s: int, *, project: str | None = None
+) -> bool:
+    """Store a job's result; return whether an API request gave up on it (the worker must push it).
+
+    An error of a `project` is also listed under the project, so that a change of its settings can drop it.
+    """
     with conn.pipeline(transaction=True) as pipe:
         pipe.set(key(prefix, "result", job), _encode(result), ex=ttl_s)
         pipe.get(key(prefix, "push", job))
-        _, push = pipe.execute()
+        if "error" in result and project is not None:
+            pipe.sadd(key(prefix, "errors", project or "_"), job)
+            pipe.expire(key(prefix, "errors", project or "_"), ttl_s)
+        push = pipe.execute()[1]
     return push is not None
+
+
+def forget_errors(conn: redis.Redis, prefix: str, job_ids: Sequence[str]) -> list[str]:
+    """Delete the stored errors (and the attempt counts) of these jobs, so a request computes them again;
+    return the ids whose error was dropped. Stored predictions are kept."""
+    failed = [j for j, r in zip(job_ids, read_stored(conn, prefix, job_ids), strict=True) if r and r.error is not None]
+    if failed:
+        conn.delete(*[key(prefix, kind, j) for j in failed for kind in ("result", "attempts")])
+    return failed
+
+
+def drop_project_errors(conn: redis.Redis, prefix: str, project: str) -> int:
+    """Delete every stored error of a project (its settings or model version changed); return how many."""
+    listed = key(prefix, "errors", project or "_")
+    ids = [j.decode() for j in conn.smembers(listed)]
+    dropped = forget_errors(conn, prefix, ids)
+    conn.delete(listed)
+    return len(dropped)
+
+
+def note_project_fingerprint(conn: redis.Redis, prefix: str, project: str, fingerprint: str, ttl_s: int) -> bool:
+    """Remember what a project's predictions are made with (model version, label config); when that changed,
+    drop the project's stored errors and return True."""
+    previous = conn.set(key(prefix, "fingerprint", project or "_"), fingerprint, ex=ttl_s, get=True)
+    if previous is None or previous.decode() == fingerprint:
+        return False
+    drop_project_errors(conn, prefix, project)
+    return True
+
+
+def start_attempts(conn: redis.Redis, prefix: str, job_ids: Sequence[str], ttl_s: int) -> list[int]:
+    """Count one more start of each job; return, per job, the starts not yet ended (this one included).
+
+    `end_attempts` takes the start back when the job ends in this process, whatever the outcome, so what
+    stays counted are the starts whose worker process died (out of memory, a crash, a kill).
+    """
+    with conn.pipeline(transaction=False) as pipe:
+        for job in job_ids:
+            pipe.incr(key(prefix, "attempts", job))
+            pipe.expire(key(prefix, "attempts", job), ttl_s)
+        replies = pipe.execute()
+    return [int(count) for count in replies[::2]]
+
+
+def end_attempts(conn: redis.Redis, prefix: str, job_ids: Sequence[str]) -> None:
+    """Take back the starts counted by `start_attempts` for jobs that ended in this process."""
+    if job_ids:
+        with conn.pipeline(transaction=False) as pipe:
+            for job in job_ids:
+                pipe.decr(key(prefix, "attempts", job))
+            pipe.execute()
 
 
 def request_push(conn: redis.Redis, prefix: str, job: str, ttl_s: int) -> StoredResult | None:
@@ -274,17 +354,19 @@ def load_project(conn: redis.Redis, prefix: str, project: str) -> dict[str, Any]
     return json.loads(raw) if raw else None
 
 
-def store_annotation(conn: redis.Redis, prefix: str, project: str, event: dict[str, Any], keep: int = 10000) -> None:
-    """Append an annotation event to the project's list kept for later calibration."""
-    name = key(prefix, "annotations", project or "_")
-    with conn.pipeline(transaction=False) as pipe:
-        pipe.lpush(name, json.dumps(event))
-        pipe.ltrim(name, 0, keep - 1)
-        pipe.execute()
+def alive_key(prefix: str, worker_name: str) -> str:
+    """Return the key that exists while the named worker process lives (refreshed by its heartbeat)."""
+    return key(prefix, "alive", worker_name)
 
 
 def worker_count(conn: redis.Redis, prefix: str) -> int:
-    """Return how many RQ workers listen on this deployment's queues."""
+    """Return how many workers listen on this deployment's queues and are alive (their heartbeat is fresh).
+
+    RQ's own registry keeps a killed worker listed for minutes; the liveness key expires within seconds.
+    """
     from rq import Worker
 
-    return sum(Worker.count(queue=q) for q in get_queues(conn, prefix)[:1])
+    names = [k.split(":", 2)[-1] for k in Worker.all_keys(queue=get_queues(conn, prefix)[0])]
+    if not names:
+        return 0
+    return int(conn.exists(*[alive_key(prefix, name) for name in names]))

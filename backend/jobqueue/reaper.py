@@ -30,9 +30,7 @@ REAP_EVERY_S = 4.0
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
-def alive_key(prefix: str, worker_name: str) -> str:
-    """Return the key that exists while the named worker process lives."""
-    return rq_queue.key(prefix, "alive", worker_name)
+alive_key = rq_queue.alive_key
 
 
 def mark_alive(conn: redis.Redis, prefix: str, worker_name: str) -> None:

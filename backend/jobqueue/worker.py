@@ -3,9 +3,16 @@
 It is an RQ `SimpleWorker` (jobs run in the worker process itself, no fork), so the model loaded at
 start serves every job and CUDA is never touched after a fork. When a job starts and more jobs for the
 same model and method wait in its queue, it claims up to WORKER_BATCH_SIZE - 1 of them, runs all their
-images through the engine together and stores every result; when RQ later hands out a claimed job it
-finds its result stored and returns at once. A claim is a Redis key with the job timeout as TTL, so a
-job claimed by a worker that died is computed by whoever runs it next.
+images through the engine together and stores every result before it releases the claims (released
+earlier, a claimed job could be computed a second time by another worker); when RQ later hands out a
+claimed job it finds its result stored and returns at once. A claim is a Redis key with the job timeout as
+TTL, so a job claimed by a worker that died is computed by whoever runs it next.
+
+Every start of a job is counted in Redis and taken back when the job ends here, so the count that stays is
+how often a worker process died running it: such a job runs alone, and after JOB_MAX_ATTEMPTS deaths its
+task gets an error instead. Late predictions are pushed after the results are stored, each once per (task,
+model version) (`backend.jobqueue.push_once`). The default model's weight and config digests are published
+before the worker listens (`backend.jobqueue.digests`).
 """
 
 from __future__ import annotations
@@ -20,12 +27,12 @@ from rq import SimpleWorker, get_current_job
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from backend.jobqueue import outbox
+from backend.jobqueue import digests, outbox, push_once
 from backend.jobqueue import queues as rq_queue
 from backend.jobqueue.reaper import Heartbeat
 from backend.labeling.pipeline import EngineCache, EngineTimer, TaskOutcome, predict_payloads
 from backend.labelstudio.client import LabelStudioError
-from backend.options import ProjectOptions
+from backend.options import ProjectOptions, content_files
 from backend.settings import Settings
 
 log = logging.getLogger("gem_labeler.worker")
@@ -77,27 +84,46 @@ def run_job(payload: dict[str, Any]) -> dict[str, Any]:
     if not _claim(conn, prefix, ident, st.settings.job_timeout_s):
         return _await_other(conn, payload, st.settings.job_timeout_s)
     batch = [payload]
-    if st.settings.worker_batch_size > 1:
-        batch += _claim_waiting(conn, job, payload, st.settings.worker_batch_size - 1, st.settings.job_timeout_s)
+    pushes: list[tuple[dict[str, Any], TaskOutcome]] = []
     try:
-        outcomes = predict_payloads(batch, st.engines, st.settings, on_engine_run=_engine_timer(conn, prefix),
-                                    ls_client=st.ls_client())
+        deaths = rq_queue.start_attempts(conn, prefix, [ident], st.settings.result_ttl_s)[0] - 1
+        if deaths >= st.settings.job_max_attempts:
+            own = TaskOutcome(error=_died_error(deaths, st.settings))
+            _store(conn, payload, own, st)
+            return {"job_id": ident, "batch": 1, "error": own.error}
+        # A job whose worker died before runs alone, so a task that kills its worker takes no others with it.
+        if st.settings.worker_batch_size > 1 and deaths == 0:
+            batch += _claim_waiting(conn, job, payload, st.settings.worker_batch_size - 1, st.settings.job_timeout_s)
+        try:
+            outcomes = predict_payloads(batch, st.engines, st.settings, on_engine_run=_engine_timer(conn, prefix),
+                                        ls_client=st.ls_client())
+        finally:
+            rq_queue.end_attempts(conn, prefix, [p["job_id"] for p in batch])
+        own = None
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if item is payload:
+                own = outcome
+            if not outcome.retry and _store(conn, item, outcome, st):
+                pushes.append((item, outcome))
     finally:
-        # Claims of jobs left without a stored result are freed so their own run computes them.
+        # Only now that the results are stored: a claim freed earlier would let another worker compute the
+        # same task again. Claims of jobs left without a result are freed so that their own run computes them.
         conn.delete(*[rq_queue.key(prefix, "claim", p["job_id"]) for p in batch])
-    own: TaskOutcome | None = None
-    for item, outcome in zip(batch, outcomes, strict=True):
-        if item is payload:
-            own = outcome
-        if outcome.retry:
-            continue
-        _store(conn, item, outcome, st)
+    for item, outcome in pushes:
+        if _push(conn, item, outcome.prediction, st):
+            conn.delete(rq_queue.key(prefix, "push", item["job_id"]))
     assert own is not None
     if own.retry:
         raise RuntimeError(own.error or "transient failure")
     summary = {"job_id": ident, "batch": len(batch)}
     summary.update({"error": own.error} if own.error else {"regions": own.regions})
     return summary
+
+
+def _died_error(deaths: int, settings: Settings) -> str:
+    return (f"the worker process died {deaths} times while computing this task (out of memory, a crash or a "
+            f"kill?), so it is not tried again (JOB_MAX_ATTEMPTS={settings.job_max_attempts}); once the cause is "
+            "fixed, ask again with retry_failed (/predict?retry_failed=true or `gem-labeler prelabel --retry-failed`)")
 
 
 def _engine_timer(conn: redis.Redis, prefix: str) -> EngineTimer:
@@ -112,19 +138,18 @@ def _engine_timer(conn: redis.Redis, prefix: str) -> EngineTimer:
     return record
 
 
-def _store(conn: redis.Redis, payload: dict[str, Any], outcome: TaskOutcome, st: _State) -> None:
+def _store(conn: redis.Redis, payload: dict[str, Any], outcome: TaskOutcome, st: _State) -> bool:
+    """Store a task's outcome; return whether its prediction must be pushed (an API request gave up on it)."""
     prefix, ident, task_id = payload["prefix"], payload["job_id"], payload.get("task_id")
     if outcome.error is not None:
         result = {"task_id": task_id, "error": outcome.error}
-        rq_queue.store_result(conn, prefix, ident, result, st.settings.error_ttl_s)
+        rq_queue.store_result(conn, prefix, ident, result, st.settings.error_ttl_s, project=payload.get("project"))
         log.warning("task %s job %s: failed: %s", task_id, ident, outcome.error)
-        return
+        return False
     result = {"task_id": task_id, "prediction": outcome.prediction}
     push = rq_queue.store_result(conn, prefix, ident, result, st.settings.result_ttl_s)
     log.info("task %s job %s: stored %d region(s)%s", task_id, ident, outcome.regions, ", pushing" if push else "")
-    if push:
-        if _push(conn, payload, outcome.prediction, st):
-            conn.delete(rq_queue.key(prefix, "push", ident))
+    return push
 
 
 def _push(conn: redis.Redis, payload: dict[str, Any], prediction: dict[str, Any] | None, st: _State) -> bool:
@@ -133,13 +158,21 @@ def _push(conn: redis.Redis, payload: dict[str, Any], prediction: dict[str, Any]
     task_id, ident = payload.get("task_id"), payload["job_id"]
     if client is None or prediction is None or task_id is None:
         return True
-    if outbox.pending(conn, st.settings.queue_prefix):
-        # Pushes already wait: Label Studio is probably down, and the worker must not stall on it.
-        outbox.add(conn, st.settings, ident, int(task_id), delay_s=0)
-        log.info("task %s job %s: push queued in the outbox behind earlier ones", task_id, ident)
-        return False
+    version = str(prediction.get("model_version") or payload.get("model_version"))
+    verdict, token = push_once.begin(conn, st.settings.queue_prefix, task_id, version)
+    if verdict != "go":
+        log.info("task %s job %s: not pushed: %s", task_id, ident,
+                 "Label Studio holds it already" if verdict == "done" else "another worker is pushing it")
+        return True
+    pushed = False
     try:
+        if outbox.pending(conn, st.settings.queue_prefix):
+            # Pushes already wait: Label Studio is probably down, and the worker must not stall on it.
+            outbox.add(conn, st.settings, ident, int(task_id), delay_s=0)
+            log.info("task %s job %s: push queued in the outbox behind earlier ones", task_id, ident)
+            return False
         client.create_prediction(int(task_id), prediction)
+        pushed = True
         log.info("task %s job %s: prediction pushed to Label Studio", task_id, ident)
         return True
     except Exception as exc:  # the result stays stored: the outbox retries it, or the next /predict returns it
@@ -149,6 +182,8 @@ def _push(conn: redis.Redis, payload: dict[str, Any], prediction: dict[str, Any]
         outbox.add(conn, st.settings, ident, int(task_id), delay_s=st.settings.push_backoff_s)
         log.warning("task %s job %s: push to Label Studio failed (%s); queued in the outbox", task_id, ident, exc)
         return False
+    finally:
+        push_once.finish(conn, st.settings, task_id, version, token, pushed=pushed)
 
 
 def _claim(conn: redis.Redis, prefix: str, ident: str, ttl_s: int) -> bool:
@@ -188,9 +223,19 @@ def _claim_waiting(
             continue
         if ProjectOptions.from_dict(candidate["options"]).engine_key() != key:
             continue
+        if conn.get(rq_queue.key(candidate["prefix"], "attempts", candidate["job_id"])) not in (None, b"0"):
+            continue  # it killed a worker before: it runs alone, in its own job
         if _claim(conn, candidate["prefix"], candidate["job_id"], ttl_s):
             taken.append(candidate)
+    if taken:
+        rq_queue.start_attempts(conn, payload["prefix"], [t["job_id"] for t in taken], state().settings.result_ttl_s)
     return taken
+
+
+def publish_digests(prefix: str, paths: list[str]) -> dict[str, str]:
+    """Return the content digests of the files readable here, after publishing them (an RQ job the API
+    enqueues when a project names a file no worker has published yet)."""
+    return {path: digest[:16] for path, digest in digests.publish(get_current_job().connection, prefix, paths).items()}
 
 
 def on_job_failure(job: Job, connection: redis.Redis, exc_type: Any, exc_value: Any, _tb: Any) -> None:
@@ -203,7 +248,8 @@ def on_job_failure(job: Job, connection: redis.Redis, exc_type: Any, exc_value: 
     st = state()
     error = f"{getattr(exc_type, '__name__', 'Error')}: {exc_value}"
     result = {"task_id": payload.get("task_id"), "error": error}
-    rq_queue.store_result(connection, payload["prefix"], payload["job_id"], result, st.settings.error_ttl_s)
+    rq_queue.store_result(connection, payload["prefix"], payload["job_id"], result, st.settings.error_ttl_s,
+                          project=payload.get("project"))
     log.error("task %s job %s: failed after retries: %s", payload.get("task_id"), payload["job_id"], error)
 
 
@@ -220,16 +266,23 @@ def main(settings: Settings, *, burst: bool = False) -> int:
     except redis.RedisError as exc:
         log.error("%s", rq_queue.describe_error(settings.redis_url, exc))
         return 2
+    defaults = ProjectOptions.from_settings(settings)
     try:
-        warm_s = _STATE.engines.warm_up(ProjectOptions.from_settings(settings))
+        warm_s = _STATE.engines.warm_up(defaults)
         log.info("engine warmed up in %.1f s", warm_s)
     except Exception as exc:  # missing weights, unknown model: say so and stop, never serve broken
         log.error("cannot load the model: %s", exc)
         return 3
-    queues = rq_queue.get_queues(conn, settings.queue_prefix)
+    # Before listening: once this worker counts as alive, the API can name its model's version.
+    for path, digest in digests.publish(conn, settings.queue_prefix, content_files(defaults)).items():
+        log.info("published the content digest of %s: %s", path, digest[:16])
+    # RQ's blocking dequeue waits up to its dequeue timeout (minutes) for a job: the loop gets its own
+    # connections, whose read timeout RQ raises above that, instead of the short one `conn` has.
+    loop_conn = rq_queue.connect(settings.redis_url, timeout_s=10, blocking=True)
+    queues = rq_queue.get_queues(loop_conn, settings.queue_prefix)
     global _HOLDER
     while True:
-        worker = SimpleWorker(queues, connection=conn, serializer=JSONSerializer)
+        worker = SimpleWorker(queues, connection=loop_conn, serializer=JSONSerializer)
         _HOLDER = worker.name
         heartbeat = Heartbeat(conn, settings.queue_prefix, worker.name).start()
         pusher = outbox.OutboxLoop(conn, settings).start() if settings.can_push else None

@@ -243,11 +243,7 @@ def resolve_image_url(
     if is_ls:
         path = parts.path
         query = ("?" + parts.query) if parts.query else ""
-        # Requests to Label Studio carry its API key: only media paths, never its API (a task could name
-        # an expensive export or a token endpoint as its "image").
-        segments = unquote(path).split("/")
-        if not re.fullmatch(LABEL_STUDIO_MEDIA_PATHS, path) or ".." in segments:
-            raise ImageError(f"Label Studio path {path!r:.120} is not a media path", reason="forbidden")
+        require_media_path(path)
         if path.rstrip("/") == "/data/local-files":
             if policy.local_files_root:
                 return ResolvedImage(kind="file", path=_local_file_path(policy.local_files_root, parts.query))
@@ -266,6 +262,17 @@ def resolve_image_url(
             f"host {host!r} is neither Label Studio nor in ALLOWED_IMAGE_HOSTS", reason="forbidden"
         )
     return ResolvedImage(kind="http", urls=(url,))
+
+
+def require_media_path(path: str) -> None:
+    """Raise ImageError unless a Label Studio path is a media path (the only kind our requests may ask for).
+
+    Requests to Label Studio carry its API key: only media paths, never its API (a task, or a redirect,
+    could name an expensive export or a token endpoint as its "image").
+    """
+    segments = unquote(path).split("/")
+    if not re.fullmatch(LABEL_STUDIO_MEDIA_PATHS, path) or ".." in segments:
+        raise ImageError(f"Label Studio path {path!r:.120} is not a media path", reason="forbidden")
 
 
 def presign_url(url: str, policy: FetchPolicy, *, task_id: int | None, project_id: int | None) -> str:
@@ -447,6 +454,8 @@ def _fetch_one(
     for _hop in range(policy.max_redirects + 1):
         origin = _check_hop(url, policy, trust_any_public_host=redirected_by_ls)
         is_ls = origin == policy.label_studio_origin
+        if is_ls:  # every hop, redirects included, before the API key goes with it
+            require_media_path(urlsplit(url).path)
         # No narrow Accept header: Label Studio's REST views answer 406 to "Accept: image/*".
         headers: dict[str, str] = {}
         if is_ls and auth_headers is not None:

@@ -306,9 +306,28 @@ class Backend:
     process: ManagedProcess
     startup_s: float
 
+    @property
+    def basic_auth(self) -> tuple[str, str] | None:
+        """Return the (user, password) the API requires, or None when it runs without basic auth."""
+        user, password = self.env.get("BASIC_AUTH_USER"), self.env.get("BASIC_AUTH_PASS")
+        return (user, password) if user and password else None
+
+    @property
+    def webhook_headers(self) -> dict[str, str]:
+        """Return the headers a Label Studio webhook must carry to reach the API's /webhook."""
+        secret = self.env.get("WEBHOOK_SECRET")
+        return {"X-Webhook-Secret": secret} if secret else {}
+
     def stop(self) -> None:
         """Stop the API and its worker."""
         self.process.stop()
+
+
+def secure_env() -> dict[str, str]:
+    """Return what a user sets so that an API holding a Label Studio key is protected: basic auth (for the
+    model connection) and a webhook secret (for the webhook's headers), both random."""
+    return {"BASIC_AUTH_USER": "labeler", "BASIC_AUTH_PASS": secrets.token_urlsafe(16),
+            "WEBHOOK_SECRET": secrets.token_urlsafe(24)}
 
 
 def backend_command() -> list[str]:
@@ -330,13 +349,15 @@ def start_backend(env_overrides: Mapping[str, str], data_dir: Path, *, repo_root
     env.update(env_overrides)
     process = start_process("gem-labeler serve", backend_command(), env=env, log=data_dir / "backend.log",
                             cwd=repo_root)
-    url = f"http://127.0.0.1:{port}"
+    backend = Backend(f"http://127.0.0.1:{port}", env, process, 0.0)
+    auth = backend.basic_auth
+    headers = {"Authorization": httpx.BasicAuth(*auth)._auth_header} if auth else None
     try:
         # Healthy means the API is up and its worker is listening, so no test races the worker's start.
-        startup_s = wait_healthy(process, f"{url}/health", timeout_s=timeout_s,
-                                 ok=lambda r: r.status_code == 200 and r.json().get("status") == "UP"
-                                 and (r.json().get("workers") or 0) >= 1)
+        backend.startup_s = wait_healthy(process, f"{backend.url}/health", timeout_s=timeout_s, headers=headers,
+                                         ok=lambda r: r.status_code == 200 and r.json().get("status") == "UP"
+                                         and (r.json().get("workers") or 0) >= 1)
     except BaseException:
         process.stop()
         raise
-    return Backend(url, env, process, startup_s)
+    return backend

@@ -109,9 +109,13 @@ class LabelStudioREST:
     # ML backend, webhooks, actions
 
     def connect_ml_backend(self, project_id: int, url: str, *, title: str = "gem-labeler",
-                           interactive: bool = True, extra_params: dict | None = None) -> dict:
-        """Return the ML backend record after connecting `url` to a project, as the project settings page does."""
+                           interactive: bool = True, extra_params: dict | None = None,
+                           basic_auth: tuple[str, str] | None = None) -> dict:
+        """Return the ML backend record after connecting `url` to a project, as the project settings page does
+        (with `basic_auth`: the dialog's "Basic Authentication" method, user and password)."""
         body: dict[str, Any] = {"project": project_id, "url": url, "title": title, "is_interactive": interactive}
+        if basic_auth is not None:
+            body.update(auth_method="BASIC_AUTH", basic_auth_user=basic_auth[0], basic_auth_pass=basic_auth[1])
         if extra_params is not None:
             body["extra_params"] = extra_params
         return self.call("POST", "/api/ml", json=body)
@@ -120,11 +124,12 @@ class LabelStudioREST:
         """Return the ML backend record (state, model_version, error_message)."""
         return self.call("GET", f"/api/ml/{backend_id}")
 
-    def add_webhook(self, project_id: int, url: str, actions: Sequence[str]) -> dict:
-        """Return the created project webhook."""
+    def add_webhook(self, project_id: int, url: str, actions: Sequence[str],
+                    headers: dict[str, str] | None = None) -> dict:
+        """Return the created project webhook, which sends `headers` with every call."""
         return self.call("POST", "/api/webhooks/", json={"project": project_id, "url": url, "send_payload": True,
                                                          "send_for_all_actions": False, "actions": list(actions),
-                                                         "is_active": True})
+                                                         "is_active": True, "headers": headers or {}})
 
     def actions(self, project_id: int) -> list[dict]:
         """Return the Data Manager actions available in a project."""

@@ -21,7 +21,7 @@ def test_broken_images_fail_alone_with_a_clear_error(label_studio, ls, gem_backe
     # A URL into Label Studio's uploads that does not exist (a deleted file, a typo in imported JSON).
     missing_url = f"/data/upload/{project['id']}/deleted-long-ago.png"
     ls.import_tasks(project["id"], [{"image": missing_url}])
-    record = ls.connect_ml_backend(project["id"], gem_backend.url)
+    record = ls.connect_ml_backend(project["id"], gem_backend.url, basic_auth=gem_backend.basic_auth)
     tasks = ls.tasks(project["id"])
     assert len(tasks) == len(good) + 2
     broken_ids = {t["id"] for t in tasks if t["data"]["image"] == missing_url or t["data"]["image"].endswith("corrupt.jpg")}
@@ -48,7 +48,7 @@ def test_broken_images_fail_alone_with_a_clear_error(label_studio, ls, gem_backe
             "project": f"{project['id']}.0", "label_config": MASKS_POLYGONS_BOXES, "params": {}}
 
     def final_errors() -> list[dict] | None:
-        answer = httpx.post(f"{gem_backend.url}/predict", json=body, timeout=60)
+        answer = httpx.post(f"{gem_backend.url}/predict", json=body, timeout=60, auth=gem_backend.basic_auth)
         assert answer.status_code == 200, answer.text
         found = answer.json()["results"]
         return found if all("error" in item for item in found) else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from backend.jobqueue.digests import local_contents
 from backend.jobqueue.jobs import image_url_of, make_payload
 from backend.labeling.pipeline import EngineCache, predict_payloads
 from backend.labelstudio.label_config import parse_label_config
@@ -31,7 +32,7 @@ def test_export_holds_the_engine_masks(ls, gem_backend, ls_workdir):
     images = write_images(ls_workdir, [(140, 100), (77, 133)], prefix="export")
     images.append(write_exif_rotated_jpeg(ls_workdir / "export-rotated.jpg", stored_size=(130, 90)))
     ls.import_files(project["id"], [image.path for image in images])
-    record = ls.connect_ml_backend(project["id"], gem_backend.url)
+    record = ls.connect_ml_backend(project["id"], gem_backend.url, basic_auth=gem_backend.basic_auth)
     ls.run_action(project["id"], RETRIEVE_PREDICTIONS_ACTION)
     wait_for(lambda: all(t["predictions"] for t in ls.tasks(project["id"])), timeout_s=120,
              what="predictions on every task")
@@ -43,7 +44,7 @@ def test_export_holds_the_engine_masks(ls, gem_backend, ls_workdir):
     # settings (same model file, same options), on the same images fetched from Label Studio.
     settings = Settings.from_env(gem_backend.env)
     options = ProjectOptions.from_settings(settings, {})
-    version = model_version(options)
+    version = model_version(options, local_contents(options))
     assert version == record["model_version"]
     vocabulary = parse_label_config(MASKS_POLYGONS_BOXES)
     payloads = [make_payload(job=f"export-{t['id']}", prefix="e2e-export", project=str(project["id"]), task=t,

@@ -20,7 +20,8 @@ def interactive_task(ls, gem_backend, tmp_path_factory):
     project = ls.create_project("path 3: interactive", INTERACTIVE)
     [image] = write_images(tmp_path_factory.mktemp("interactive"), [(180, 120)], prefix="smart")
     ls.import_files(project["id"], [image.path])
-    record = ls.connect_ml_backend(project["id"], gem_backend.url, interactive=True)
+    record = ls.connect_ml_backend(project["id"], gem_backend.url, interactive=True,
+                                  basic_auth=gem_backend.basic_auth)
     assert record["state"] == "CO" and record["is_interactive"], record
     [task] = ls.tasks(project["id"])
     return record, task, image

@@ -53,7 +53,7 @@ def test_brush_masks_land_on_the_named_objects(ls, scenes_backend, tmp_path):
         path = tmp_path / f"scene-{index}.png"
         scene.image.save(path)
         ls.import_files(project["id"], [path])
-        record = ls.connect_ml_backend(project["id"], scenes_backend.url)
+        record = ls.connect_ml_backend(project["id"], scenes_backend.url, basic_auth=scenes_backend.basic_auth)
         assert record["state"] == "CO", record
         ls.run_action(project["id"], RETRIEVE_PREDICTIONS_ACTION)
         [task] = wait_for(lambda pid=project["id"]: [t for t in ls.tasks(pid) if t["predictions"]], timeout_s=120,

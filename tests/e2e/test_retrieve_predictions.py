@@ -15,9 +15,10 @@ pytestmark = pytest.mark.e2e
 SIZES = [(64, 48), (200, 120), (97, 211), (320, 256)]
 
 
-def connect(ls, project_id: int, backend_url: str) -> tuple[dict, str]:
-    """Connect the backend to a project as the settings page does; return the record and its model version."""
-    record = ls.connect_ml_backend(project_id, backend_url)
+def connect(ls, project_id: int, backend) -> tuple[dict, str]:
+    """Connect the backend to a project as the settings page does (basic auth in the connection's auth fields);
+    return the record and its model version."""
+    record = ls.connect_ml_backend(project_id, backend.url, basic_auth=backend.basic_auth)
     assert record["state"] == "CO", record  # connected: /health and /setup answered
     version = record["model_version"]
     assert version, record
@@ -29,11 +30,12 @@ def test_retrieve_predictions_labels_every_uploaded_image(ls, gem_backend, ls_wo
     images = write_images(ls_workdir, SIZES)
     images.append(write_exif_rotated_jpeg(ls_workdir / "rotated.jpg"))
     ls.import_files(project["id"], [image.path for image in images])
-    record, version = connect(ls, project["id"], gem_backend.url)
+    record, version = connect(ls, project["id"], gem_backend)
 
     # The version Label Studio recorded is the one the backend's /setup gives for this project.
     setup = httpx.post(f"{gem_backend.url}/setup", json={"project": f"{project['id']}.0",
-                                                          "schema": MASKS_POLYGONS_BOXES}, timeout=10)
+                                                          "schema": MASKS_POLYGONS_BOXES}, timeout=10,
+                       auth=gem_backend.basic_auth)
     assert setup.status_code == 200 and setup.json()["model_version"] == version
 
     answer = ls.run_action(project["id"], RETRIEVE_PREDICTIONS_ACTION)
