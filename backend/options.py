@@ -121,6 +121,26 @@ def number(low: float | None = None, high: float | None = None, *, high_open: bo
     return Kind("float", read)
 
 
+def whole(low: int, high: int, *, auto: bool = False) -> Kind:
+    """Return the kind of a whole number in [low, high]; with `auto`, also "auto" (the engine decides)."""
+    needed = "a whole number or 'auto'" if auto else "a whole number"
+
+    def read(raw: Any) -> int | str:
+        if auto and isinstance(raw, str) and raw.strip().lower() == "auto":
+            return "auto"
+        if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+            raise WrongType(needed)
+        try:
+            value = float(raw)
+        except ValueError:
+            raise WrongType(needed) from None
+        if not value.is_integer() or not low <= value <= high:
+            raise ValueError(f"must be {'auto or ' if auto else ''}a whole number in [{low}, {high}], not {raw!r}")
+        return int(value)
+
+    return Kind("int | str" if auto else "int", read)
+
+
 def otsu_or_fraction() -> Kind:
     """Return the kind of a threshold: "otsu" or a number in [0, 1], kept as the text it was given in."""
 
@@ -196,13 +216,19 @@ class Option:
 
 
 OUTPUT_TYPES = ("brush", "polygon", "rectangle")
+# The engine's user-facing methods and inputs (gem_engine's METHODS, INPUT_MODES and TEMPLATE_SETS; this
+# module may not import the engine, tests/test_options.py checks that the lists agree).
+METHOD_CHOICES = ("gem", "gradcam", "naclip", "sclip", "clearclip")
+INPUT_MODES = ("square", "aspect", "sliding")
+TEMPLATE_SETS = ("single", "ensemble")
 
 # The model version lists the "spelled" options in table order, then a digest of the "hashed" ones in
 # table order: keep the order of existing options (model_config comes last for that reason) so that
 # versions made before stay the same, and add new options at the end.
 OPTIONS: tuple[Option, ...] = (
-    Option("method", "METHOD", "--method", choice("gem", "gradcam"), "gem",
-           "heatmap method: `gem` or `gradcam`", stage="engine", version="spelled"),
+    Option("method", "METHOD", "--method", choice(*METHOD_CHOICES), "gem",
+           "heatmap method: `gem`, `gradcam`, `naclip`, `sclip` or `clearclip` (see Methods)",
+           stage="engine", version="spelled"),
     Option("model_name", "MODEL_NAME", "--model", text(), "ViT-B-16",
            "open_clip model name (a ViT for GEM; ViT or ResNet for Grad-CAM)",
            stage="model", version="spelled", param="model", aliases=("model_name",)),
@@ -223,6 +249,22 @@ OPTIONS: tuple[Option, ...] = (
            "control for them", stage="output"),
     Option("model_config", "MODEL_CONFIG", "--model-config", file_or_name(), "",
            "JSON open_clip model config registered under its file stem (custom models)", stage="model"),
+    Option("image_size", "IMAGE_SIZE", "--image-size", whole(16, 2048, auto=True), "auto",
+           "model input side in pixels (shorter side for `aspect` and `sliding`); `auto`: 448 for GEM and the "
+           "other token methods, the model's own size for Grad-CAM", stage="engine"),
+    Option("input_mode", "INPUT_MODE", "--input-mode", choice(*INPUT_MODES), "square",
+           "how an image becomes model input: `square` (resized, as the GEM reference), `aspect` (shorter side "
+           "to `image_size`, aspect kept) or `sliding` (windows of `image_size` over the aspect-kept image)",
+           stage="engine"),
+    Option("templates", "TEMPLATES", "--templates", choice(*TEMPLATE_SETS), "single",
+           "prompt templates per label: `single` (\"a photo of a {}.\") or `ensemble` (CLIP's 80 ImageNet "
+           "templates, averaged)", stage="engine"),
+    Option("gem_blocks", "GEM_BLOCKS", "--gem-blocks", whole(1, 64, auto=True), "auto",
+           "how many last blocks GEM modifies; `auto`: the reference's 6, or every block of a shallower model",
+           stage="engine"),
+    Option("pamr_iterations", "PAMR_ITERATIONS", "--pamr-iterations", whole(0, 50), 0,
+           "PAMR mask-refinement iterations on the maps, any method (0: off; NACLIP's paper uses 10)",
+           stage="engine"),
 )
 # extra_params key (and alias) -> option
 BY_KEY: dict[str, Option] = {key: o for o in OPTIONS for key in (o.key, *o.aliases)}
@@ -281,7 +323,7 @@ class ProjectOptions:
                 changes[option.name] = option.read(raw, key)
             except ValueError as exc:
                 raise OptionsError(str(exc)) from None
-        return replace(self, **changes)
+        return _check_combination(replace(self, **changes))
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready form (the `options` of a job payload)."""
@@ -299,6 +341,14 @@ class ProjectOptions:
     def engine_key(self) -> tuple[Any, ...]:
         """Return what decides which engine serves these options: the model key, then the engine's options."""
         return self.model_key() + tuple(getattr(self, o.name) for o in OPTIONS if o.stage == "engine")
+
+
+def _check_combination(options: ProjectOptions) -> ProjectOptions:
+    """Return `options`, or raise OptionsError when two of them cannot work together."""
+    if options.method == "gradcam" and options.input_mode != "square":
+        raise OptionsError(f"input_mode={options.input_mode!r} does not work with method='gradcam': Grad-CAM runs on "
+                           "square inputs at the model's own size; use input_mode='square'")
+    return options
 
 
 class ContentUnknown(ValueError):

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.options import Option, option_fields, spell
+from backend.options import Option, OptionsError, ProjectOptions, option_fields, spell
 
 
 class SettingsError(ValueError):
@@ -124,6 +124,10 @@ class Settings:
         for f in dataclasses.fields(self):  # values given as overrides are checked like the environment's
             if "option" in f.metadata:
                 _read_option(f.metadata["option"], getattr(self, f.name))
+        try:
+            ProjectOptions.from_settings(self)
+        except OptionsError as exc:  # two defaults that cannot work together
+            raise SettingsError(f"the per-project defaults: {exc}") from None
         if self.precision not in ("fp32", "fp16", "bf16"):
             raise SettingsError(f"PRECISION must be fp32, fp16 or bf16, not {self.precision!r}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):

@@ -37,6 +37,11 @@ EXAMPLES = {
     "score_threshold": "0.2",
     "outputs": "polygon, rectangle",
     "model_config": "/configs/tiny-vit.json",
+    "image_size": "336",
+    "input_mode": "aspect",
+    "templates": "ensemble",
+    "gem_blocks": "4",
+    "pamr_iterations": "2",
 }
 BAD = {
     "method": "sam",
@@ -45,6 +50,11 @@ BAD = {
     "min_area": "big",
     "score_threshold": "nan",
     "outputs": "masks",
+    "image_size": "8",
+    "input_mode": "crop",
+    "templates": "all",
+    "gem_blocks": "1.5",
+    "pamr_iterations": "-1",
 }
 VERSION_CELL = {"spelled": "in its name", "hashed": "in its hash", "none": "no"}
 
@@ -103,18 +113,22 @@ def test_wrong_types_in_extra_params_are_named():
         assert str(caught.value).startswith(message), caught.value
 
 
-def test_model_versions_made_before_the_table_stay_the_same():
-    # Values printed by the code before the option table (commit ac40dbf): stored predictions keep matching.
-    assert model_version(ProjectOptions.from_settings(DEFAULTS)) == "gem-labeler-gem-ViT-B-16-openai-932b0a87"
+def test_the_model_version_changes_only_on_purpose():
+    # Pinned so that a reordered table or a changed fingerprint shows here. Adding an option changes every version
+    # (its value enters the digest), which is intended: a release with new options makes different predictions,
+    # and Label Studio must not mix them with the old ones. Update the pin in the commit that adds the option.
+    assert model_version(ProjectOptions.from_settings(DEFAULTS)) == "gem-labeler-gem-ViT-B-16-openai-13ed2b59"
+    explicit = ProjectOptions.from_settings(DEFAULTS, {o.key: spell(o.default) for o in OPTIONS})
+    assert model_version(explicit) == model_version(ProjectOptions.from_settings(DEFAULTS))
     custom = ProjectOptions.from_settings(DEFAULTS, {
         "method": "gradcam", "model": "tiny-vit", "model_pretrained": "/w/a/tiny.pt", "model_config": "/x/tiny-vit.json",
         "threshold": 0.4, "min_area": "0.01", "score_threshold": 0.2, "outputs": ["polygon", "brush"],
         "region_mode": "independent"})
-    # Files enter by their content too (since issue 16): a version needs their digests, and it changed.
+    # Files enter by their content too (since issue 16): a version needs their digests.
     with pytest.raises(ContentUnknown, match="/w/a/tiny.pt, /x/tiny-vit.json"):
         model_version(custom)
     version = model_version(custom, {"/w/a/tiny.pt": "aa", "/x/tiny-vit.json": "bb"})
-    assert version.startswith("gem-labeler-gradcam-tiny-vit-tiny.pt-") and version != "gem-labeler-gradcam-tiny-vit-tiny.pt-fb7370db"
+    assert version.startswith("gem-labeler-gradcam-tiny-vit-tiny.pt-")
 
 
 def _digests(options: ProjectOptions) -> dict[str, str]:
@@ -160,3 +174,55 @@ def test_readme_documents_every_option_as_declared():
         expected = [f"`{option.env}`", f"`{option.flag}`", f"`{default}`" if default else "(empty)",
                     VERSION_CELL[option.version], option.meaning]
         assert rows[option.key] == expected, option.key
+
+
+def test_the_engine_choices_are_the_engines_own():
+    from backend import options
+    from gem_engine.engine import METHODS
+    from gem_engine.preprocess import INPUT_MODES
+    from gem_engine.text import TEMPLATE_SETS
+
+    assert set(options.METHOD_CHOICES) <= set(METHODS)
+    assert options.INPUT_MODES == INPUT_MODES and options.TEMPLATE_SETS == TEMPLATE_SETS
+
+
+def test_options_that_cannot_work_together_are_refused_where_they_are_given():
+    with pytest.raises(OptionsError, match="^input_mode='sliding' does not work with method='gradcam'"):
+        ProjectOptions.from_settings(DEFAULTS, {"method": "gradcam", "input_mode": "sliding"})
+    with pytest.raises(SettingsError, match="per-project defaults: input_mode='aspect' does not work"):
+        Settings.from_env({"METHOD": "gradcam", "INPUT_MODE": "aspect"})
+    gradcam = Settings.from_env({"METHOD": "gradcam"})
+    with pytest.raises(OptionsError, match="does not work with method='gradcam'"):
+        ProjectOptions.from_settings(gradcam, {"input_mode": "aspect"})
+    assert ProjectOptions.from_settings(gradcam, {"method": "gem", "input_mode": "aspect"}).input_mode == "aspect"
+
+
+def test_whole_number_options_read_auto_and_refuse_fractions():
+    options = ProjectOptions.from_settings(DEFAULTS, {"image_size": "AUTO", "gem_blocks": 3, "pamr_iterations": 10.0})
+    assert (options.image_size, options.gem_blocks, options.pamr_iterations) == ("auto", 3, 10)
+    for params, message in [({"pamr_iterations": "auto"}, "pamr_iterations='auto' has the wrong type: a whole number"),
+                            ({"image_size": 2049}, "image_size must be auto or a whole number in [16, 2048]"),
+                            ({"gem_blocks": True}, "gem_blocks=True has the wrong type")]:
+        with pytest.raises(OptionsError) as caught:
+            ProjectOptions.from_settings(DEFAULTS, params)
+        assert str(caught.value).startswith(message), caught.value
+
+
+def test_every_engine_option_reaches_the_engine_the_workers_and_folders_use(tiny_vit_checkpoint):
+    from backend.labeling.pipeline import EngineCache
+
+    settings = Settings.from_env({"DEVICE": "cpu", "MODEL_NAME": tiny_vit_checkpoint["model_name"],
+                                  "MODEL_CONFIG": tiny_vit_checkpoint["model_config"],
+                                  "MODEL_PRETRAINED": tiny_vit_checkpoint["pretrained"]})
+    cache = EngineCache(settings)
+    default = cache.get(ProjectOptions.from_settings(settings))
+    assert (default.size, default.options.input_mode, default.options.templates, default.options.pamr_iterations) == (
+        448, "square", "single", 0)
+    chosen = cache.get(ProjectOptions.from_settings(settings, {
+        "image_size": 96, "input_mode": "sliding", "templates": "ensemble", "gem_blocks": 1, "pamr_iterations": 2,
+        "method": "naclip"}))
+    assert chosen is not default and chosen.method == "naclip"
+    assert (chosen.size, chosen.options.input_mode, chosen.options.templates, chosen.options.pamr_iterations) == (
+        96, "sliding", "ensemble", 2)
+    gem = cache.get(ProjectOptions.from_settings(settings, {"gem_blocks": 1}))
+    assert gem.gem_options.blocks == 1 and default.gem_options.blocks != 1

@@ -47,7 +47,7 @@ def test_values_are_parsed_by_type():
     [
         ({"PORT": "http"}, "PORT='http' is not a valid int"),
         ({"PREDICT_WAIT_S": "soon"}, "PREDICT_WAIT_S"),
-        ({"METHOD": "sam"}, "METHOD must be 'gem' or 'gradcam'"),
+        ({"METHOD": "sam"}, "METHOD must be 'gem', 'gradcam', 'naclip', 'sclip' or 'clearclip'"),
         ({"REGION_MODE": "panoptic"}, "REGION_MODE"),
         ({"PRECISION": "int8"}, "PRECISION"),
         ({"BASIC_AUTH_USER": "only-user"}, "BASIC_AUTH_PASS"),

@@ -91,7 +91,7 @@ class EngineCache:
                 self._models[model_key] = loaded
                 log.info("loaded model %s (%s) on %s in %.1f s", options.model_name, pretrained or "random",
                          loaded.device, time.monotonic() - started)
-            engine = HeatmapEngine(loaded, method=options.method)
+            engine = HeatmapEngine(loaded, method=options.method, **engine_options(options))
             self._engines[key] = engine
         return engine
 
@@ -102,6 +102,18 @@ class EngineCache:
         maps = self.get(options).heatmaps([image], [["an object"], ["background"]])
         extract_regions(maps[0], ["an object", "background"], image.size)
         return time.monotonic() - started
+
+
+def engine_options(options: ProjectOptions) -> dict[str, Any]:
+    """Return the HeatmapEngine options a project's options ask for ("auto" leaves the engine's default)."""
+    chosen = {
+        "image_size": options.image_size,
+        "input_mode": options.input_mode,
+        "templates": options.templates,
+        "gem_blocks": options.gem_blocks,
+        "pamr_iterations": options.pamr_iterations,
+    }
+    return {name: value for name, value in chosen.items() if value != "auto"}
 
 
 @dataclass
