@@ -107,15 +107,17 @@ def _number(raw: Any) -> float:
     return value
 
 
-def number(low: float | None = None, high: float | None = None, *, high_open: bool = False) -> Kind:
-    """Return the kind of a finite number, in [low, high] (or [low, high) when `high_open`) when given."""
+def number(low: float | None = None, high: float | None = None, *, high_open: bool = False,
+           low_open: bool = False) -> Kind:
+    """Return the kind of a finite number, in [low, high] (an end open when `low_open` / `high_open`) when given."""
 
     def read(raw: Any) -> float:
         value = _number(raw)
-        too_low = low is not None and value < low
+        too_low = low is not None and (value <= low if low_open else value < low)
         too_high = high is not None and (value >= high if high_open else value > high)
         if too_low or too_high:
-            raise ValueError(f"must be in [{low:g}, {high:g}{')' if high_open else ']'}, not {value}")
+            raise ValueError(f"must be in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}, "
+                             f"not {value}")
         return value
 
     return Kind("float", read)
@@ -178,6 +180,50 @@ def names(allowed: tuple[str, ...]) -> Kind:
     return Kind("tuple[str, ...]", read)
 
 
+def prompt_list() -> Kind:
+    """Return the kind of a list of free-text prompts: a comma list in text, or a JSON list (may be empty)."""
+
+    def read(raw: Any) -> tuple[str, ...]:
+        if isinstance(raw, str):
+            raw = raw.split(",")
+        if not isinstance(raw, list | tuple) or not all(isinstance(item, str) for item in raw):
+            raise WrongType("a comma list or a list of strings")
+        return tuple(item.strip() for item in raw if item.strip())
+
+    return Kind("tuple[str, ...]", read)
+
+
+def label_fractions() -> Kind:
+    """Return the kind of per-label numbers in [0, 1]: "cat=0.3,dog=0.6" in text, or a JSON object."""
+
+    def read(raw: Any) -> tuple[tuple[str, float], ...]:
+        if isinstance(raw, str):
+            pairs = [item.rsplit("=", 1) for item in raw.split(",") if item.strip()]
+            if any(len(pair) != 2 for pair in pairs):
+                raise ValueError(f"must be label=number pairs separated by commas, not {raw!r}")
+        elif isinstance(raw, Mapping):
+            pairs = list(raw.items())
+        elif isinstance(raw, list | tuple) and all(isinstance(p, list | tuple) and len(p) == 2 for p in raw):
+            pairs = list(raw)
+        else:
+            raise WrongType("a JSON object of label: number, or label=number pairs")
+        values: dict[str, float] = {}
+        for label, number_text in pairs:
+            label = str(label).strip()
+            if not label:
+                raise ValueError("names an empty label")
+            try:
+                value = _number(number_text)
+            except ValueError:
+                raise ValueError(f"gives {label!r} {number_text!r}, not a number in [0, 1]") from None
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"gives {label!r} {value}, not a number in [0, 1]")
+            values[label] = value
+        return tuple(sorted(values.items()))
+
+    return Kind("tuple[tuple[str, float], ...]", read)
+
+
 # --------------------------------------------------------------------------------------------------
 # The table
 
@@ -221,6 +267,7 @@ OUTPUT_TYPES = ("brush", "polygon", "rectangle")
 METHOD_CHOICES = ("gem", "gradcam", "naclip", "sclip", "clearclip")
 INPUT_MODES = ("square", "aspect", "sliding")
 TEMPLATE_SETS = ("single", "ensemble")
+PRESENCE_EVIDENCE = ("image", "map", "image+map", "none")  # gem_engine.presence.EVIDENCE
 
 # The model version lists the "spelled" options in table order, then a digest of the "hashed" ones in
 # table order: keep the order of existing options (model_config comes last for that reason) so that
@@ -265,6 +312,25 @@ OPTIONS: tuple[Option, ...] = (
     Option("pamr_iterations", "PAMR_ITERATIONS", "--pamr-iterations", whole(0, 50), 0,
            "PAMR mask-refinement iterations on the maps, any method (0: off; NACLIP's paper uses 10)",
            stage="engine"),
+    Option("presence", "PRESENCE", "--presence", choice(*PRESENCE_EVIDENCE), "image+map",
+           "how labels are judged present before any mask: `image` (image embedding against the background "
+           "prompts), `map` (map peaks against theirs), `image+map` (both averaged) or `none` (every label)",
+           stage="regions"),
+    Option("presence_threshold", "PRESENCE_THRESHOLD", "--presence-threshold", number(0.0, 1.0), 0.5,
+           "a label is present when its presence probability reaches this", stage="regions"),
+    Option("label_presence_thresholds", "LABEL_PRESENCE_THRESHOLDS", "--label-presence-thresholds",
+           label_fractions(), (),
+           "per-label presence thresholds overriding `presence_threshold`: `cat=0.3,dog=0.6` or a JSON object",
+           stage="regions"),
+    Option("background_prompts", "BACKGROUND_PROMPTS", "--background-prompts", prompt_list(), ("background",),
+           "prompts of the background class: presence weighs each label against them, and in semantic mode "
+           "a pixel closer to them than to every present label stays unlabeled", stage="regions"),
+    Option("background_threshold", "BACKGROUND_THRESHOLD", "--background-threshold", number(0.0, 1.0), 0.0,
+           "semantic mode: a pixel whose winning label's probability is below this stays unlabeled",
+           stage="regions"),
+    Option("logit_scale", "LOGIT_SCALE", "--logit-scale", number(0.0, 1000.0, low_open=True), 100.0,
+           "semantic mode: the softmax scale over raw map values that makes the pixel probabilities",
+           stage="regions"),
 )
 # extra_params key (and alias) -> option
 BY_KEY: dict[str, Option] = {key: o for o in OPTIONS for key in (o.key, *o.aliases)}
@@ -272,7 +338,9 @@ BY_KEY: dict[str, Option] = {key: o for o in OPTIONS for key in (o.key, *o.alias
 
 def spell(value: Any) -> str:
     """Return a value as an environment variable or a flag would hold it."""
-    return ",".join(value) if isinstance(value, tuple) else str(value)
+    if isinstance(value, tuple):
+        return ",".join(f"{item[0]}={item[1]:g}" if isinstance(item, tuple) else item for item in value)
+    return str(value)
 
 
 def option_fields(cls: type) -> type:
@@ -345,6 +413,9 @@ class ProjectOptions:
 
 def _check_combination(options: ProjectOptions) -> ProjectOptions:
     """Return `options`, or raise OptionsError when two of them cannot work together."""
+    if options.presence != "none" and not options.background_prompts:
+        raise OptionsError(f"presence={options.presence!r} weighs labels against the background prompts: give at "
+                           "least one in background_prompts, or set presence='none'")
     if options.method == "gradcam" and options.input_mode != "square":
         raise OptionsError(f"input_mode={options.input_mode!r} does not work with method='gradcam': Grad-CAM runs on "
                            "square inputs at the model's own size; use input_mode='square'")

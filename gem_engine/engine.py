@@ -1,4 +1,9 @@
-"""HeatmapEngine: images and label prompts to one raw map per label, one forward pass per image."""
+"""HeatmapEngine: images and label prompts to one raw map per label, one forward pass per image.
+
+`heatmaps` returns the maps; `analyze` also returns, from the same forward pass, maps of background
+prompts and the image-level evidence the presence decision needs (gem_engine/presence.py): the cosine of
+the unmodified model's image embedding with every label's and background prompt's text embedding.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +30,18 @@ from gem_engine.last_block import DEFAULT_NACLIP_STD, LAST_BLOCK_METHODS, LastBl
 from gem_engine.models import LoadedModel, UnsupportedModelError
 from gem_engine.pamr import DEFAULT_PAMR_DILATIONS, check_pamr, refine_maps
 from gem_engine.preprocess import INPUT_MODES, Prepared, prepare
+
+
+@dataclass
+class ImageAnalysis:
+    """What the engine found in one image: raw maps and image-level scores, for labels and background prompts."""
+
+    maps: np.ndarray  # float32 [L, rows, cols], exactly what `heatmaps` returns
+    background_maps: np.ndarray  # float32 [B, rows, cols], one per background prompt
+    label_scores: np.ndarray  # float32 [L]: cosine of the image embedding with each label (synonyms: max)
+    background_scores: np.ndarray  # float32 [B]
+    logit_scale: float  # the model's own CLIP logit scale (exp of its learned log scale)
+
 
 METHODS = ("gem", "gradcam", "patch", "qk", "vv", *LAST_BLOCK_METHODS)
 TOKEN_METHODS = ("gem", "patch", "qk", "vv", *LAST_BLOCK_METHODS)
@@ -130,17 +147,57 @@ class HeatmapEngine:
 
     def heatmaps(self, images: Sequence[PIL.Image.Image], prompts: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Return per image a float32 [L, rows, cols] raw map per label: patch grid, or model input with PAMR."""
+        return [maps for maps, _ in self._maps(images, prompts, want_image=False)]
+
+    def analyze(
+        self,
+        images: Sequence[PIL.Image.Image],
+        prompts: Sequence[Sequence[str]],
+        background_prompts: Sequence[str] = (),
+    ) -> list[ImageAnalysis]:
+        """Return per image the label maps, the background prompts' maps and the image-level scores of both.
+
+        One forward pass per image (window) serves all of it; with sliding windows the image embedding is
+        the normalized mean of the windows' embeddings. Grad-CAM takes its image embedding from one more
+        forward pass without gradients.
+        """
+        labels = len(text_module.validate_prompts(prompts)) if len(prompts) else 0
+        asked = [*prompts, *[[prompt] for prompt in background_prompts]]
+        results = self._maps(images, asked, want_image=True)
+        scale = float(self.loaded.model.logit_scale.detach().exp()) if hasattr(self.loaded.model, "logit_scale") else 100.0
+        return [
+            ImageAnalysis(maps[:labels], maps[labels:], scores[:labels], scores[labels:], scale)
+            for maps, scores in results
+        ]
+
+    def _maps(self, images, prompts, *, want_image: bool) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Return per image (maps [L, rows, cols], image scores [L] or None)."""
         if isinstance(images, PIL.Image.Image):
             raise TypeError("images must be a sequence of PIL images; wrap a single image in a list")
         embeddings, owner, label_count = self.text(prompts)
         if len(images) == 0:
             return []
         prepared = [self._prepare(image) for image in images]
-        grids = [self._run(item, embeddings) for item in self._windows(prepared)]
-        results = self._assemble(prepared, grids)
+        runs = [self._run(item, embeddings, want_image) for item in self._windows(prepared)]
+        results = self._assemble(prepared, [(chunk, maps) for chunk, maps, _ in runs])
         if self.options.pamr_iterations > 0:
             results = [self._refine(maps, item) for maps, item in zip(results, prepared, strict=True)]
-        return [self._combine(maps, owner, label_count) for maps in results]
+        maps = [self._combine(result, owner, label_count) for result in results]
+        if not want_image:
+            return [(m, None) for m in maps]
+        pooled = self._image_embeddings(prepared, [(chunk, image) for chunk, _, image in runs])
+        text = embeddings.float().cpu()
+        scores = [self._combine((text @ image)[:, None, None], owner, label_count)[:, 0, 0] for image in pooled]
+        return list(zip(maps, scores, strict=True))
+
+    def _image_embeddings(self, prepared: list[Prepared], batches) -> list[torch.Tensor]:
+        """Return per image its L2-normalized image embedding [D]: the mean of its windows' normalized embeddings."""
+        sums: list[torch.Tensor | None] = [None] * len(prepared)
+        for chunk, embeddings in batches:
+            for (image_index, _), embedding in zip(chunk, embeddings, strict=True):
+                unit = torch.nn.functional.normalize(embedding.float(), dim=-1)
+                sums[image_index] = unit if sums[image_index] is None else sums[image_index] + unit
+        return [torch.nn.functional.normalize(total, dim=-1) for total in sums]
 
     def _prepare(self, image: PIL.Image.Image) -> Prepared:
         return prepare(
@@ -172,7 +229,8 @@ class HeatmapEngine:
                 pixels = torch.stack([prepared[i].windows[w].pixels for i, w in chunk])
                 yield chunk, pixels
 
-    def _run(self, item, embeddings: torch.Tensor) -> tuple[list[tuple[int, int]], torch.Tensor]:
+    def _run(self, item, embeddings: torch.Tensor, want_image: bool = False):
+        """Return (owners, maps [b, P, rows, cols], image embeddings [b, D] on CPU or None) of one batch."""
         chunk, pixels = item
         pixels = pixels.to(self.loaded.device, self.loaded.dtype)
         if self.method == "gradcam":
@@ -184,27 +242,34 @@ class HeatmapEngine:
             if self.options.gradcam_capture is not None:
                 kwargs["capture"] = self.options.gradcam_capture
             maps = gradcam_maps(self.loaded.model, pixels, embeddings.to(self.loaded.dtype), **kwargs)
-            return chunk, maps.detach().float().cpu()
+            image = None
+            if want_image:
+                with torch.inference_mode():
+                    image = self.loaded.model.encode_image(pixels).float().cpu()
+            return chunk, maps.detach().float().cpu(), image
         with torch.inference_mode():
-            return chunk, self._token_maps(pixels, embeddings).float().cpu()
+            maps, image = self._token_maps(pixels, embeddings, want_image)
+            return chunk, maps.float().cpu(), None if image is None else image.float().cpu()
 
-    def _token_maps(self, pixels: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    def _token_maps(self, pixels: torch.Tensor, embeddings: torch.Tensor,
+                    want_image: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         visual = self.loaded.model.visual
         interpolation = self.pos_interpolation
         if self.method == "gem":
-            streams = run_streams(visual, pixels, self.gem_options, interpolation=interpolation)
-            return cosine_maps(patch_features(streams.gem), embeddings, streams.grid)
+            streams = run_streams(visual, pixels, self.gem_options, want_image=want_image,
+                                  interpolation=interpolation)
+            return cosine_maps(patch_features(streams.gem), embeddings, streams.grid), streams.image
         if self.last_block_options is not None:
             streams = run_streams(visual, pixels, None, want_last_qkv=True, want_last_input=True,
-                                  interpolation=interpolation)
+                                  want_image=want_image, interpolation=interpolation)
             tokens = last_block_tokens(visual, streams, self.last_block_options)
-            return cosine_maps(patch_features(tokens), embeddings, streams.grid)
+            return cosine_maps(patch_features(tokens), embeddings, streams.grid), streams.image
         needs_qkv = self.method in ("qk", "vv")
         streams = run_streams(visual, pixels, None, want_original=True, want_last_qkv=needs_qkv,
-                              interpolation=interpolation)
+                              want_image=want_image, interpolation=interpolation)
         if self.method == "patch":
-            return patch_maps(streams, embeddings)
-        return anchor_attention_maps(streams, embeddings, self.method)
+            return patch_maps(streams, embeddings), streams.image
+        return anchor_attention_maps(streams, embeddings, self.method), streams.image
 
     def _assemble(self, prepared: list[Prepared], batches) -> list[torch.Tensor]:
         """Return per image [P, rows, cols], averaging overlapping sliding windows on the patch grid."""

@@ -241,6 +241,7 @@ class StreamOutput:
     last_qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None  # last block's q, k, v
     grid: tuple[int, int]
     last_input: torch.Tensor | None = None  # [B, 1 + N, C] original-stream tokens entering the last block
+    image: torch.Tensor | None = None  # [B, D] the unmodified model's image embedding (what encode_image gives)
 
 
 def project(visual: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
@@ -249,13 +250,28 @@ def project(visual: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
     return tokens @ visual.proj if visual.proj is not None else tokens
 
 
+def class_token_block(block: torch.nn.Module, weights: BlockWeights, x: torch.Tensor,
+                      qkv: torch.Tensor) -> torch.Tensor:
+    """Return the unmodified block's output for the class token alone [B, 1, C] (its query over all keys)."""
+    attended = merge_heads(F.scaled_dot_product_attention(qkv[0][:, :, :1], qkv[1], qkv[2]))
+    return mlp_residual(block, residual_linear(x[:, :1].contiguous(), weights.out_proj, weights.ls_1, attended))
+
+
+def image_embedding(visual: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
+    """Return [B, D] pooled and projected, as the tower's forward does, from its last block's output tokens."""
+    pooled, _ = visual._pool(tokens)
+    return pooled @ visual.proj if visual.proj is not None else pooled
+
+
 def run_streams(visual: VisionTransformer, pixels: torch.Tensor, options: GemOptions | None, *,
                 want_original: bool = False, want_last_qkv: bool = False, want_last_input: bool = False,
-                interpolation: str = "antialias") -> StreamOutput:
+                want_image: bool = False, interpolation: str = "antialias") -> StreamOutput:
     """Return projected tokens of the GEM stream (options given) and/or of the unmodified model.
 
     want_last_qkv / want_last_input also return the last block's q, k, v and its input tokens, from
     which the last-block methods (gem_engine/last_block.py) finish in the same forward pass.
+    want_image also returns the unmodified model's image embedding; with a class-token pool only the
+    class token goes through the last block's original path, so the image score costs a few products.
     """
     check_vit(visual)
     blocks = list(visual.transformer.resblocks)
@@ -268,11 +284,14 @@ def run_streams(visual: VisionTransformer, pixels: torch.Tensor, options: GemOpt
         raise ValueError(f"GEM iterations must be >= 0, got {options.iterations}")
 
     x, grid = embed_tokens(visual, pixels, interpolation)
-    first_special = len(blocks) - max(gem_blocks, 1 if want_last_qkv or want_last_input else 0)
+    class_pool = getattr(visual, "pool_type", "tok") == "tok"
+    # Without a class-token pool the image embedding needs the whole original stream.
+    want_original = want_original or (want_image and not class_pool)
+    first_special = len(blocks) - max(gem_blocks, 1 if want_last_qkv or want_last_input or want_image else 0)
     for block in blocks[:first_special]:
         x = plain_block(block, x)
     gem_x = x if options is not None else None
-    last_qkv = last_input = None
+    last_qkv = last_input = image = None
     for index in range(first_special, len(blocks)):
         block = blocks[index]
         weights = block_weights(block)
@@ -285,14 +304,19 @@ def run_streams(visual: VisionTransformer, pixels: torch.Tensor, options: GemOpt
             last_input = x
         if gem_x is not None and index >= len(blocks) - gem_blocks:
             gem_x = gem_residual(gem_x, weights, self_self_attention(qkv, normed, options))
+        if is_last and want_image and not want_original:
+            image = image_embedding(visual, class_token_block(block, weights, x, qkv))
         if not is_last or want_original:
             x = original_block(block, weights, x, qkv)
+    if want_image and want_original:
+        image = image_embedding(visual, x)
     return StreamOutput(
         gem=project(visual, gem_x) if gem_x is not None else None,
         original=project(visual, x) if want_original else None,
         last_qkv=last_qkv,
         grid=grid,
         last_input=last_input,
+        image=image,
     )
 
 

@@ -42,6 +42,12 @@ EXAMPLES = {
     "templates": "ensemble",
     "gem_blocks": "4",
     "pamr_iterations": "2",
+    "presence": "image+map",
+    "presence_threshold": "0.7",
+    "label_presence_thresholds": "cat=0.3,remote control=0.6",
+    "background_prompts": "background, wall, floor",
+    "background_threshold": "0.4",
+    "logit_scale": "50",
 }
 BAD = {
     "method": "sam",
@@ -55,6 +61,11 @@ BAD = {
     "templates": "all",
     "gem_blocks": "1.5",
     "pamr_iterations": "-1",
+    "presence": "maybe",
+    "presence_threshold": "1.5",
+    "label_presence_thresholds": "cat:0.3",
+    "background_threshold": "-0.1",
+    "logit_scale": "0",
 }
 VERSION_CELL = {"spelled": "in its name", "hashed": "in its hash", "none": "no"}
 
@@ -117,7 +128,7 @@ def test_the_model_version_changes_only_on_purpose():
     # Pinned so that a reordered table or a changed fingerprint shows here. Adding an option changes every version
     # (its value enters the digest), which is intended: a release with new options makes different predictions,
     # and Label Studio must not mix them with the old ones. Update the pin in the commit that adds the option.
-    assert model_version(ProjectOptions.from_settings(DEFAULTS)) == "gem-labeler-gem-ViT-B-16-openai-13ed2b59"
+    assert model_version(ProjectOptions.from_settings(DEFAULTS)) == "gem-labeler-gem-ViT-B-16-openai-69bac967"
     explicit = ProjectOptions.from_settings(DEFAULTS, {o.key: spell(o.default) for o in OPTIONS})
     assert model_version(explicit) == model_version(ProjectOptions.from_settings(DEFAULTS))
     custom = ProjectOptions.from_settings(DEFAULTS, {

@@ -1,4 +1,4 @@
-"""Task payloads to Label Studio predictions: image -> heatmaps -> regions -> result JSON (workers only).
+"""Task payloads to Label Studio predictions: image -> analysis -> presence -> regions -> result JSON (workers only).
 
 Images that share a model, a method and a prompt list go through the engine in one call. Interactive
 context changes what is asked:
@@ -7,6 +7,7 @@ context changes what is asked:
 - keypoints: the connected region of the keypoint's label that contains each positive point, minus
   regions containing a negative point;
 - a rectangle: the label's mask inside it, computed on the crop (more pixels per patch).
+In all three the annotator names what is there, so no presence decision drops the label they asked for.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from backend.labelstudio import images
 from backend.labelstudio.label_config import Vocabulary
 from backend.options import ProjectOptions
 from backend.settings import Settings
-from gem_engine.engine import HeatmapEngine
+from gem_engine.engine import HeatmapEngine, ImageAnalysis
 from gem_engine.models import LoadedModel, WeightsNotFoundError, load_model
-from gem_engine.regions import Region, RegionOptions, extract_regions, mean_score
+from gem_engine.prelabel import prelabel_regions
+from gem_engine.presence import PresenceOptions
+from gem_engine.regions import Region, RegionOptions, mean_score
 
 log = logging.getLogger("gem_labeler.pipeline")
 # Errors in the model or engine that no retry can fix (bad model/method combination, bad prompt).
@@ -99,8 +102,8 @@ class EngineCache:
         """Return the seconds one dummy image took through engine and regions (first calls pay lazy setup)."""
         started = time.monotonic()
         image = PIL.Image.new("RGB", (64, 48), (120, 90, 60))
-        maps = self.get(options).heatmaps([image], [["an object"], ["background"]])
-        extract_regions(maps[0], ["an object", "background"], image.size)
+        analysis = self.get(options).analyze([image], [["an object"]], options.background_prompts)[0]
+        prelabel_regions(analysis, ["an object"], image.size, region_options(options), presence_options(options))
         return time.monotonic() - started
 
 
@@ -162,15 +165,15 @@ def predict_payloads(
     groups: dict[tuple[Any, ...], list[_Work]] = defaultdict(list)
     for work in works:
         options = ProjectOptions.from_dict(payloads[work.index]["options"])
-        groups[(options.engine_key(), work.prompts)].append(work)
+        groups[(options.engine_key(), work.prompts, options.background_prompts)].append(work)
 
-    maps_of: dict[int, list[tuple[_Work, np.ndarray]]] = defaultdict(list)
-    for (_engine, prompts), group in groups.items():
+    maps_of: dict[int, list[tuple[_Work, ImageAnalysis]]] = defaultdict(list)
+    for (_engine, prompts, background), group in groups.items():
         options = ProjectOptions.from_dict(payloads[group[0].index]["options"])
         try:
             engine = engines.get(options)
             started = time.perf_counter()
-            maps = engine.heatmaps([w.image for w in group], [list(p) for p in prompts])
+            maps = engine.analyze([w.image for w in group], [list(p) for p in prompts], background)
             elapsed = time.perf_counter() - started
         except PERMANENT_ERRORS as exc:
             for w in group:
@@ -245,25 +248,46 @@ def _match(vocabulary: Vocabulary, text: str) -> str | None:
     return None
 
 
-def _finish(payload: dict[str, Any], items: list[tuple[_Work, np.ndarray]], size: tuple[int, int]) -> TaskOutcome:
+def region_options(options: ProjectOptions, background_names: tuple[str, ...] = (), *,
+                   instances: bool = False) -> RegionOptions:
+    """Return how a project's maps become regions."""
+    return RegionOptions(
+        mode=options.region_mode,
+        threshold=options.threshold if options.threshold == "otsu" else float(options.threshold),
+        background_names=background_names,
+        min_area_fraction=options.min_area,
+        logit_scale=options.logit_scale,
+        background_threshold=options.background_threshold,
+        instances=instances,
+    )
+
+
+def presence_options(options: ProjectOptions, *, asked: bool = False) -> PresenceOptions:
+    """Return how a project's labels are judged present; `asked`: the annotator named them (interactive)."""
+    return PresenceOptions(
+        evidence="none" if asked else options.presence,
+        threshold=options.presence_threshold,
+        label_thresholds=dict(options.label_presence_thresholds),
+        background_prompts=options.background_prompts,
+    )
+
+
+def _finish(payload: dict[str, Any], items: list[tuple[_Work, ImageAnalysis]], size: tuple[int, int]) -> TaskOutcome:
     vocabulary = Vocabulary.from_dict(payload["vocabulary"])
     options = ProjectOptions.from_dict(payload["options"])
     context = payload.get("context") if isinstance(payload.get("context"), dict) else {}
-    region_options = RegionOptions(
-        mode=options.region_mode,
-        threshold=options.threshold if options.threshold == "otsu" else float(options.threshold),
-        background_names=vocabulary.background,
-        min_area_fraction=options.min_area,
-        # Keypoints select one connected component, so only they need instances.
-        instances=any(r.get("type") == "keypointlabels" for r in context.get("result") or []),
-    )
+    asked = bool(context.get("result"))
+    # Keypoints select one connected component, so only they need instances.
+    regions_of = region_options(options, vocabulary.background,
+                                instances=any(r.get("type") == "keypointlabels" for r in context.get("result") or []))
+    presence = presence_options(options, asked=asked)
     regions: list[Region] = []
-    for work, maps in items:
-        found = extract_regions(maps, list(work.labels), work.image.size, region_options)
+    for work, analysis in items:
+        found = prelabel_regions(analysis, list(work.labels), work.image.size, regions_of, presence)
         if work.offset is not None:
             found = [_uncrop(r, work.offset, size) for r in found]
         regions.extend(found)
-    if context.get("result"):
+    if asked:
         regions = _interactive(regions, vocabulary, context["result"], size, bool(items and items[0][0].offset))
     regions = [r for r in regions if r.score >= options.score_threshold]
     width, height = size
@@ -284,7 +308,7 @@ def _finish(payload: dict[str, Any], items: list[tuple[_Work, np.ndarray]], size
             else:
                 results.append(builders.rectangle_result(named, **kw))
     prediction = builders.make_prediction(results, model_version=payload["model_version"], score=mean_score(regions))
-    maps = items[0][1] if len(items) == 1 and items[0][0].offset is None else None
+    maps = items[0][1].maps if len(items) == 1 and items[0][0].offset is None else None
     return TaskOutcome(prediction=prediction, regions=len(regions), found=regions, maps=maps)
 
 
