@@ -42,7 +42,7 @@ EXAMPLES = {
     "templates": "ensemble",
     "gem_blocks": "4",
     "pamr_iterations": "2",
-    "presence": "image+map",
+    "presence": "image",
     "presence_threshold": "0.7",
     "label_presence_thresholds": "cat=0.3,remote control=0.6",
     "background_prompts": "background, wall, floor",
