@@ -143,14 +143,17 @@ def evaluate(
     an absent object points at a present one), absent_chance (mean area fraction of all objects), and
     with IoU: iou (mean per object, semantic regions over the present labels plus the absent one) and
     absent_area (fraction of the present objects' pixels that the absent label's regions take) against
-    absent_area_chance (its share if every label were equally likely: 1 / number of labels).
+    absent_area_chance (its share if every label were equally likely: 1 / number of labels), and
+    absent_image_area (fraction of the whole image the absent label's regions take: background included,
+    where an absent label's mask costs an annotator as much as on an object). These regions come from the
+    maps alone, without the presence step (bench/prelabel_quality.py measures the product's path).
     """
     with_iou = with_iou and variant.iou
     all_maps = scene_maps(loaded, variant, scene_list)
     rng = np.random.default_rng(HELD_OUT_SEED)
     hits = {kind: [] for kind in KINDS}
     areas: list[float] = []
-    absent_hits, covered, ious, absent_areas, shares = [], [], [], [], []
+    absent_hits, covered, ious, absent_areas, absent_image_areas, shares = [], [], [], [], [], []
     for scene, maps in zip(scene_list, all_maps, strict=True):
         _, absent = scene_prompts(scene, rng)
         union = np.any([obj.mask for obj in scene.objects], axis=0)
@@ -174,6 +177,7 @@ def evaluate(
                 if region.label == absent:
                     taken |= region.mask
             absent_areas.append(float((taken & union).sum() / union.sum()))
+            absent_image_areas.append(float(taken.mean()))
             shares.append(1 / len(labels))
     result = {kind: float(np.mean(hits[kind])) for kind in KINDS}
     result["chance"] = float(np.mean(areas))
@@ -182,6 +186,7 @@ def evaluate(
     if with_iou:
         result["iou"] = float(np.mean(ious))
         result["absent_area"] = float(np.mean(absent_areas))
+        result["absent_image_area"] = float(np.mean(absent_image_areas))
         result["absent_area_chance"] = float(np.mean(shares))
     return result
 
@@ -232,7 +237,7 @@ def main() -> None:
     figures: dict[str, dict[str, float]] = {}
     print(f"{args.scenes} held-out scenes, {sum(len(s.objects) for s in scene_list)} objects, {depth}-block ViT")
     print(f"{'variant':<18}{'full':>7}{'color':>7}{'shape':>7}{'chance':>8}{'full/ch':>9}"
-          f"{'absent':>8}{'abs.ch':>8}{'IoU':>7}{'abs.area':>9}{'s':>7}")
+          f"{'absent':>8}{'abs.ch':>8}{'IoU':>7}{'abs.area':>9}{'abs.img':>8}{'s':>7}")
     for variant in standard_variants(depth):
         began = time.perf_counter()
         result = evaluate(loaded, variant, scene_list, with_iou=not args.no_iou)
@@ -243,7 +248,8 @@ def main() -> None:
             f"{variant.name:<18}{result['full']:>7.3f}{result['color']:>7.3f}{result['shape']:>7.3f}"
             f"{result['chance']:>8.3f}{result['full'] / result['chance']:>9.2f}{result['absent']:>8.3f}"
             f"{result['absent_chance']:>8.3f}{result['iou']:>7.3f}"
-            f"{result.get('absent_area', float('nan')):>9.3f}{result['seconds']:>7.1f}",
+            f"{result.get('absent_area', float('nan')):>9.3f}{result.get('absent_image_area', float('nan')):>8.3f}"
+            f"{result['seconds']:>7.1f}",
             flush=True,
         )
     overlay_variants = [v for v in standard_variants(depth) if v.name in ("patch", "gem", "gem-it0", "gradcam")]

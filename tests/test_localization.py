@@ -137,6 +137,14 @@ def test_mask_from_gem_overlaps_the_object_better_than_from_raw_similarity(resul
 
 
 def test_gradcam_runs_and_is_reported(results):
-    gradcam = results("gradcam", with_iou=False)
-    for key in ("full", "color", "shape", "chance", "absent"):
-        assert 0.0 <= gradcam[key] <= 1.0
+    gradcam, gem = results("gradcam", with_iou=False), results("gem")
+    # 150 scenes: Grad-CAM points at the named object 0.13 of the time (chance 0.05), GEM 0.65.
+    assert gradcam["full"] >= 1.8 * gradcam["chance"], gradcam
+    assert gem["full"] >= 3 * gradcam["full"], (gem, gradcam)
+
+
+def test_maps_alone_give_an_absent_label_background_pixels(results):
+    # Why the product decides presence before masks (gem_engine.presence, tests/test_prelabel.py): from the maps
+    # alone an absent label takes almost nothing of the objects (0.007) but 0.23 of the whole image (150 scenes).
+    gem = results("gem")
+    assert gem["absent_image_area"] >= 5 * gem["absent_area"], gem
