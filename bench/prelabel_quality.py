@@ -24,7 +24,7 @@ engine's analysis. `--tune` sweeps the presence
 threshold and evidence on separate tuning scenes (another seed) and prints the best, which is how the
 defaults were chosen.
 
-    .venv/bin/python bench/prelabel_quality.py [--scenes 300] [--methods gem,gradcam] [--tune]
+    .venv/bin/python bench/prelabel_quality.py [--scenes 300] [--methods gem,gradcam] [--tune] [--pamr 10]
 
 Prints a table for people, then the figures as one JSON line.
 """
@@ -73,10 +73,11 @@ class Case:
 Predictor = Callable[[Case, list[str]], list[Region]]
 
 
-def analyze(method: str, vocabulary: list[str], seed: int, count: int, background: Sequence[str]) -> tuple[list[Case], float]:
+def analyze(method: str, vocabulary: list[str], seed: int, count: int, background: Sequence[str],
+            pamr_iterations: int = 0) -> tuple[list[Case], float]:
     """Return the cases of `count` scenes of `seed` and the engine's seconds per image."""
     loaded = load_scenes_model()
-    engine = HeatmapEngine(loaded, method=method)
+    engine = HeatmapEngine(loaded, method=method, pamr_iterations=pamr_iterations)
     name_of = next(key for words, key in VOCABULARIES.values() if words == vocabulary)
     items = list(scenes.scenes(seed, count))
     engine.analyze([items[0].image], [[v] for v in vocabulary], background)  # warm-up: text cache, allocator
@@ -234,6 +235,7 @@ def main() -> None:
     parser.add_argument("--modes", default="semantic,independent")
     parser.add_argument("--tune", action="store_true", help="first sweep presence settings on tuning scenes")
     parser.add_argument("--tune-scenes", type=int, default=150)
+    parser.add_argument("--pamr", type=int, default=0, help="PAMR iterations after the maps (rows named method+pamr)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -249,7 +251,7 @@ def main() -> None:
             figures[f"{method}_tuned"] = tune(method, args.tune_scenes, args.modes.split(","), background)
             print(f"tuned {method}: {figures[f'{method}_tuned']}", flush=True)
         for vocabulary_name, (labels, _) in VOCABULARIES.items():
-            cases, seconds = analyze(method, labels, HELD_OUT_SEED, args.scenes, background)
+            cases, seconds = analyze(method, labels, HELD_OUT_SEED, args.scenes, background, args.pamr)
             baseline = evaluate(cases, labels, nothing)
             for mode in args.modes.split(","):
                 regions = RegionOptions(mode=mode)
@@ -262,10 +264,11 @@ def main() -> None:
                     row = baseline if predict is nothing else evaluate(cases, labels, predict)
                     row["miou_ratio"] = row["miou"] / baseline["miou"]
                     row["seconds_per_image"] = seconds
-                    key = f"{method}/{mode}/{vocabulary_name}/{row_name}"
+                    shown = f"{method}+pamr{args.pamr}" if args.pamr else method
+                    key = f"{shown}/{mode}/{vocabulary_name}/{row_name}"
                     figures[key] = {k: None if v is None else round(float(v), 4) for k, v in row.items()}
                     lines.append(
-                        f"| {method} | {mode} | {vocabulary_name} | {row_name} | {_cell(row['precision'])} | "
+                        f"| {shown} | {mode} | {vocabulary_name} | {row_name} | {_cell(row['precision'])} | "
                         f"{_cell(row['recall'])} | {_cell(row['absent_area'])} | {row['miou']:.3f} "
                         f"({row['miou_ratio']:.2f}x) | {_cell(row['present_iou'])} | {_cell(row['area_ratio'], 2)} | "
                         f"{_cell(row['label_score_auc'])} | {_cell(row['score_auc'])} | {_cell(row['score_ece'])} | "

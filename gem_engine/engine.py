@@ -41,6 +41,7 @@ class ImageAnalysis:
     label_scores: np.ndarray  # float32 [L]: cosine of the image embedding with each label (synonyms: max)
     background_scores: np.ndarray  # float32 [B]
     logit_scale: float  # the model's own CLIP logit scale (exp of its learned log scale)
+    maps_are_cosines: bool = True  # False for Grad-CAM, whose maps are gradient-weighted activations
 
 
 METHODS = ("gem", "gradcam", "patch", "qk", "vv", *LAST_BLOCK_METHODS)
@@ -166,7 +167,8 @@ class HeatmapEngine:
         results = self._maps(images, asked, want_image=True)
         scale = float(self.loaded.model.logit_scale.detach().exp()) if hasattr(self.loaded.model, "logit_scale") else 100.0
         return [
-            ImageAnalysis(maps[:labels], maps[labels:], scores[:labels], scores[labels:], scale)
+            ImageAnalysis(maps[:labels], maps[labels:], scores[:labels], scores[labels:], scale,
+                          maps_are_cosines=self.method != "gradcam")
             for maps, scores in results
         ]
 

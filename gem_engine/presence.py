@@ -10,6 +10,7 @@ probability means the same in a vocabulary of one label as in one of a hundred, 
 are both in the image do not take probability from each other. Evidence "map" uses the maps instead:
 the mean of a label's top 5% patch cosines against the same statistic of the background prompts' maps
 (pixelwise maximum), through the same two-way softmax. "image+map" averages the two probabilities.
+Grad-CAM's maps are gradient-weighted activations, not cosines, so with Grad-CAM both fall back to "image".
 "none" keeps every label (probability 1), the behaviour before this module existed.
 """
 
@@ -81,10 +82,11 @@ def decide_presence(analysis, labels: Sequence[str], options: PresenceOptions) -
     if options.evidence == "none":
         return np.ones(count, dtype=bool), np.ones(count)
     scale = float(analysis.logit_scale)
+    evidence = options.evidence if analysis.maps_are_cosines else "image"
     probabilities = []
-    if options.evidence in ("image", "image+map"):
+    if evidence in ("image", "image+map"):
         probabilities.append(presence_probability(analysis.label_scores, analysis.background_scores, scale))
-    if options.evidence in ("map", "image+map"):
+    if evidence in ("map", "image+map"):
         background = np.max(analysis.background_maps, axis=0, keepdims=True)
         probabilities.append(presence_probability(map_peaks(analysis.maps), map_peaks(background), scale))
     probability = np.mean(probabilities, axis=0)

@@ -9,6 +9,7 @@ thresholds here sit below what it measures, so that a regression to "every label
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -72,6 +73,14 @@ def test_thresholds_evidence_and_per_label_overrides():
     assert decide_presence(analysis, ["cat", "dog"], lowered)[0].tolist() == [True, True]
     assert decide_presence(analysis, ["cat", "dog"], PresenceOptions(evidence="image", threshold=0.9))[0].tolist() == [
         False, False]
+    # Map evidence: the top-5% mean of each map against the background map's, through the same softmax.
+    with_maps = replace(analysis, maps=np.stack([np.full((4, 4), 0.1), np.full((4, 4), 0.4)]).astype(np.float32))
+    by_map = decide_presence(with_maps, ["cat", "dog"], PresenceOptions(evidence="map"))[1]
+    assert by_map == pytest.approx([1 / (1 + math.exp(-1.0)), 1 / (1 + math.exp(-4.0))], abs=1e-6)
+    # Grad-CAM's maps are not cosines: map evidence falls back to the image's.
+    gradcam = replace(with_maps, maps_are_cosines=False)
+    assert decide_presence(gradcam, ["cat", "dog"], PresenceOptions(evidence="image+map"))[1] == pytest.approx(
+        probability, abs=1e-6)
     everything = decide_presence(analysis, ["cat", "dog"], PresenceOptions(evidence="none"))
     assert everything[0].tolist() == [True, True] and everything[1].tolist() == [1.0, 1.0]
     with pytest.raises(ValueError, match="background prompt"):
