@@ -58,20 +58,35 @@ def result_size(results: Sequence[Mapping[str, Any]]) -> tuple[int, int] | None:
     return None
 
 
+def mask_kind(results: Sequence[Mapping[str, Any]]) -> str | None:
+    """Return the most precise result type present: brush, else polygon, else rectangle (None if none).
+
+    A pre-label fills every output control of the config (brush, polygons and a box for one region);
+    the union would be the box, so a prediction is judged by its most precise kind only.
+    """
+    present = {item.get("type") for item in results}
+    return next((kind for kind in LABEL_KEYS if kind in present), None)
+
+
 def results_to_masks(results: Sequence[Mapping[str, Any]], shape: tuple[int, int],
-                     vocabulary: Sequence[str]) -> Decoded:
-    """Return the union mask of every label in `vocabulary` at `shape` (height, width), with the problems."""
+                     vocabulary: Sequence[str], *, ignored: Iterable[str] = (), only: str | None = None) -> Decoded:
+    """Return the union mask of every label in `vocabulary` at `shape` (height, width), with the problems.
+
+    Labels in `ignored` (the config's background labels) are skipped silently; `only` keeps one result type.
+    """
     out = Decoded()
-    wanted = set(vocabulary)
+    wanted, skip = set(vocabulary), set(ignored)
     for index, item in enumerate(results):
         kind = item.get("type")
+        if only is not None and kind in LABEL_KEYS and kind != only:
+            continue
         if kind not in LABEL_KEYS:
             if kind not in {"choices", "textarea", "labels", "keypointlabels", None}:
                 out.problems.append(f"result {index}: type {kind!r} is not a mask, box or polygon; ignored")
             continue
         value = item.get("value") or {}
         labels = value.get(LABEL_KEYS[kind]) or []
-        unknown = [label for label in labels if label not in wanted]
+        unknown = [label for label in labels if label not in wanted and label not in skip]
         if unknown:
             out.problems.append(f"result {index}: label(s) {unknown} not in the vocabulary; ignored")
         labels = [label for label in labels if label in wanted]
