@@ -84,8 +84,9 @@ def draw_png(report: dict, path: Path) -> None:
         values = [report["labels"][label][key] or 0.0 for label in labels]
         bars.bar(x + i * step - 0.4 + step / 2, values, step, label=key.replace("_", " "))
     bars.set_xticks(x, labels, rotation=45, ha="right")
-    bars.set_ylim(0, 1)
-    bars.legend(fontsize="small")
+    bars.set_ylim(0, 1.25)  # headroom: the legend sits above the bars, never on them
+    bars.set_yticks(np.linspace(0, 1, 6))
+    bars.legend(fontsize="small", loc="upper center", ncol=2)
     overall = report["overall"]
     bars.set_title(f"per label (mIoU+bg {_fmt(overall['miou_with_background'])}, "
                    f"baseline {_fmt(overall['baseline_miou_all_background'])})")
