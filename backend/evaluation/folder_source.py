@@ -23,11 +23,9 @@ from PIL import Image
 from backend.bulk.folder import STATE_FILE, FolderRun, PipelineLabelerSpec, StateFile, find_images, run_folder
 from backend.evaluation.annotations import mask_kind, result_size, results_to_masks
 from backend.evaluation.samples import Sample
-from backend.labelstudio.label_config import Vocabulary
+from backend.labelstudio.label_config import BACKGROUND_NAMES, Vocabulary
 from backend.options import ProjectOptions
 from backend.settings import Settings
-
-BACKGROUND_NAMES = frozenset({"background", "_background_", "bg"})
 
 
 class FolderLayoutError(ValueError):

@@ -65,3 +65,15 @@ def test_evaluate_project_reads_annotations_and_predictions(ls, label_studio, tm
     assert report["overall"]["edits_from_nothing"] == 24 + 50
     assert report["overall"]["edits_from_prelabel"] == 25
     assert (out / "report.png").is_file()
+
+
+def test_evaluate_project_without_annotations_says_so(ls, label_studio, tmp_path, capsys):
+    project = ls.create_project("evaluate: nothing annotated", CONFIG)
+    ls.import_tasks(project["id"], [{"data": {"image": "/data/upload/none.png"}}])
+    code = cli.main(["--project", str(project["id"]), "--url", label_studio.url, "--api-key",
+                     label_studio.legacy_token, "--out", str(tmp_path / "out"), "--json"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 1
+    assert report["images"] == 0
+    assert any(m.startswith("nothing evaluated") for m in report["messages"])
+    assert (tmp_path / "out" / "report.png").is_file()
