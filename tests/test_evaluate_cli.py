@@ -39,6 +39,7 @@ def _scene(folder, stem: str, size: tuple[int, int], seed: int) -> np.ndarray:
     pixels[mask == 1] = (250, 30, 30)
     mask[h - 10:, :10] = 2
     mask[:5, w - 5:] = 3  # a label the config does not have
+    mask[h - 3:, w - 3:] = 4  # a value the label map does not name
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "masks").mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(folder / "images" / f"{stem}.png")
@@ -70,6 +71,7 @@ def test_folder_mode_end_to_end(tmp_path, tiny_vit_checkpoint, capsys):
     assert "no mask" in report["skipped"]["c.png"]
     assert "no pre-label" in report["skipped"]["broken.png"]
     assert any("unicorn" in m for m in report["messages"])
+    assert any("[4] are not in the label map" in p for p in report["problems"]["a.png"])
     # Figures that do not depend on the model, computed here from the masks directly:
     # annotated pixels of the two labels, and the all-background baseline (class IoU: background
     # = background pixels / all pixels, every label 0), unicorn pixels counting as background.

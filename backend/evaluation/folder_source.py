@@ -7,7 +7,8 @@ PNG (one channel, pixel value = label index) becomes one mask per label through 
 
 The label map is ``FOLDER/labels.txt`` (line i names pixel value i; "background" or the label config's
 background label for value 0) or ``FOLDER/labels.json`` (``{"0": "background", "1": "cat"}``); pixel
-values it does not name (for example 255, "ignore" in many datasets) are ignored and reported.
+values it does not name (for example 255, "ignore" in many datasets) count as background and are reported
+per image (an ignore region that no metric counts is not supported yet).
 COCO JSON is not supported yet (pycocotools is not installed).
 """
 
@@ -80,15 +81,17 @@ def folder_samples(folder: Path, out: Path, settings: Settings, options: Project
     images, masks = folder / "images", folder / "masks"
     if not images.is_dir() or not masks.is_dir():
         raise FolderLayoutError(f"{folder} needs images/ and masks/ folders (masks/<image stem>.png)")
-    values, problems = split_label_map(read_label_map(folder), vocabulary, labels)
+    label_map = read_label_map(folder)
+    values, problems = split_label_map(label_map, vocabulary, labels)
     spec = PipelineLabelerSpec(settings=settings, options=options, vocabulary=vocabulary, folder=str(images))
     records = predict_folder(images, out, spec, batch_size=batch_size, progress=progress, limit=limit)
     relpaths = find_images(images)[:limit] if limit is not None else find_images(images)
-    return problems, (_sample(relpath, masks, records.get(relpath), values, labels, vocabulary.background) for relpath in relpaths)
+    return problems, (_sample(relpath, masks, records.get(relpath), values, set(label_map), labels,
+                              vocabulary.background) for relpath in relpaths)
 
 
-def _sample(relpath: str, masks: Path, record: dict | None, values: dict[int, str], labels: tuple[str, ...],
-            ignored: tuple[str, ...]) -> Sample:
+def _sample(relpath: str, masks: Path, record: dict | None, values: dict[int, str], named: set[int],
+            labels: tuple[str, ...], ignored: tuple[str, ...]) -> Sample:
     mask_path = masks / Path(relpath).with_suffix(".png")
     if not mask_path.is_file():
         return Sample(relpath, skipped=f"no mask {mask_path.name} in masks/")
@@ -105,6 +108,9 @@ def _sample(relpath: str, masks: Path, record: dict | None, values: dict[int, st
         return Sample(relpath, skipped=f"cannot read mask {mask_path.name}: {exc}")
     shape = (int(indices.shape[0]), int(indices.shape[1]))
     sample = Sample(relpath, shape=shape)
+    unnamed = sorted(int(v) for v in np.unique(indices) if int(v) not in named)
+    if unnamed:
+        sample.problems.append(f"mask values {unnamed} are not in the label map: counted as background")
     for value, name in values.items():
         sample.annotated[name] = sample.annotated.get(name, np.zeros(shape, bool)) | (indices == value)
     results = record["prediction"].get("result", [])
