@@ -132,6 +132,7 @@ def test_project_task_recorded_json():
     assert sample.skipped is None
     assert np.array_equal(sample.annotated["cat"], truth)
     assert np.array_equal(sample.predicted["cat"], truth)  # the latest prediction (v2)
+    assert sample.model_version == "v2"
     assert any("dog" in p for p in sample.problems)
     older = task_sample(task, ("cat",), ("background",), "v1")
     assert np.array_equal(older.predicted["cat"], old_guess)

@@ -135,3 +135,17 @@ def test_shape_mismatch_is_refused():
     acc = Accumulator(["a"])
     with pytest.raises(ValueError, match="differ"):
         acc.add({"a": np.zeros((2, 2), bool)}, {}, (3, 3))
+
+
+def test_evaluator_warns_when_model_versions_are_mixed():
+    from backend.evaluation.evaluator import evaluate
+    from backend.evaluation.samples import Sample
+
+    shape = (2, 2)
+    samples = [Sample("t1", shape=shape, model_version="v1"), Sample("t2", shape=shape, model_version="v2"),
+               Sample("t3", skipped="no submitted annotation")]
+    report = evaluate(samples, ["a"])
+    assert report["images"] == 2
+    assert report["model_versions"] == {"v1": 1, "v2": 1}
+    assert any("2 model versions" in m for m in report["messages"])
+    assert report["skipped"] == {"t3": "no submitted annotation"}

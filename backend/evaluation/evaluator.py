@@ -18,6 +18,7 @@ def evaluate(samples: Iterable[Sample], labels: Sequence[str], *, tolerance: flo
     acc = Accumulator(list(labels), tolerance=tolerance)
     skipped: dict[str, str] = {}
     problems: dict[str, list[str]] = {}
+    versions: dict[str, int] = {}  # predictions judged per model version: a mix is worth knowing
     for sample in samples:
         if sample.skipped is not None or sample.shape is None:
             skipped[sample.name] = sample.skipped or "no image size"
@@ -27,6 +28,8 @@ def evaluate(samples: Iterable[Sample], labels: Sequence[str], *, tolerance: flo
         except ValueError as exc:  # a mask of the wrong size: that image only
             skipped[sample.name] = str(exc)
             continue
+        if sample.model_version is not None:
+            versions[sample.model_version] = versions.get(sample.model_version, 0) + 1
         if sample.problems:
             problems[sample.name] = list(sample.problems)
     report = acc.summary()
@@ -36,5 +39,8 @@ def evaluate(samples: Iterable[Sample], labels: Sequence[str], *, tolerance: flo
     if acc.images == 0:
         messages.append(f"nothing evaluated: no image or task had both a human mask and a pre-label "
                         f"({len(skipped)} skipped, reasons below)")
-    report.update(skipped=skipped, problems=problems, messages=messages)
+    if len(versions) > 1:
+        messages.append(f"predictions of {len(versions)} model versions were judged together "
+                        f"({versions}); pass --model-version to judge one")
+    report.update(skipped=skipped, problems=problems, messages=messages, model_versions=versions)
     return report

@@ -46,7 +46,7 @@ def task_sample(task: Mapping[str, Any], labels: tuple[str, ...], ignored: tuple
     shape = result_size(truth) or result_size(guess)
     if shape is None:
         return Sample(name, skipped="neither the annotation nor the prediction has a region (image size unknown)")
-    sample = Sample(name, shape=shape)
+    sample = Sample(name, shape=shape, model_version=str(prediction.get("model_version") or ""))
     annotated = results_to_masks(truth, shape, labels, ignored=ignored)
     predicted = results_to_masks(guess, shape, labels, ignored=ignored, only=mask_kind(guess))
     sample.annotated, sample.predicted = annotated.masks, predicted.masks

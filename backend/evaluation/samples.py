@@ -20,3 +20,4 @@ class Sample:
     annotated: dict[str, np.ndarray] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)  # the sample still counts; these are warnings
     skipped: str | None = None  # the sample does not count, and this says why
+    model_version: str | None = None  # of the prediction judged, when the source knows it

@@ -65,6 +65,7 @@ def test_evaluate_project_reads_annotations_and_predictions(ls, label_studio, tm
     assert report["overall"]["edits_from_nothing"] == 24 + 50
     assert report["overall"]["edits_from_prelabel"] == 25
     assert (out / "report.png").is_file()
+    assert report["model_versions"] == {"v1": 2}
 
 
 def test_evaluate_project_without_annotations_says_so(ls, label_studio, tmp_path, capsys):
