@@ -67,6 +67,8 @@ def test_folder_mode_end_to_end(tmp_path, tiny_vit_checkpoint, capsys):
     table = "\n".join(lines[:-1])
     assert code == 0
     assert report["images"] == 2
+    [(version, judged)] = report["model_versions"].items()  # one run of the pipeline: one version
+    assert judged == 2 and version
     assert set(report["labels"]) == {"cat", "remote control"}
     assert "no mask" in report["skipped"]["c.png"]
     assert "no pre-label" in report["skipped"]["broken.png"]

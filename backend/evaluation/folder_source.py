@@ -107,7 +107,7 @@ def _sample(relpath: str, masks: Path, record: dict | None, values: dict[int, st
     except OSError as exc:
         return Sample(relpath, skipped=f"cannot read mask {mask_path.name}: {exc}")
     shape = (int(indices.shape[0]), int(indices.shape[1]))
-    sample = Sample(relpath, shape=shape)
+    sample = Sample(relpath, shape=shape, model_version=str(record["prediction"].get("model_version") or ""))
     unnamed = sorted(int(v) for v in np.unique(indices) if int(v) not in named)
     if unnamed:
         sample.problems.append(f"mask values {unnamed} are not in the label map: counted as background")
