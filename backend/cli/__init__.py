@@ -25,6 +25,7 @@ log = logging.getLogger("gem_labeler.cli")
 DELEGATED = {
     "prelabel": ("backend.cli.prelabel", "pre-label a whole Label Studio project or a folder of images"),
     "heatmap": ("backend.cli.heatmap", "write per-label heatmaps of images (debugging, figures)"),
+    "evaluate": ("backend.cli.evaluate", "compare pre-labels with human masks (a folder or a Label Studio project)"),
 }
 
 

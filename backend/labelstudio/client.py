@@ -290,14 +290,15 @@ class LabelStudioClient:
         """Return a project's fields (title, label_config, ...)."""
         return self.request_json("GET", f"/api/projects/{int(project_id)}/")
 
-    def iter_tasks(self, project_id: int, page_size: int = 100) -> Iterator[dict[str, Any]]:
-        """Yield every task of a project (task fields only, no annotations), fetching one page at a time."""
+    def iter_tasks(self, project_id: int, page_size: int = 100, *, fields: str = "task_only") -> Iterator[dict[str, Any]]:
+        """Yield every task of a project, one page at a time: task fields only, or with fields="all" also
+        its annotations and predictions."""
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
         page = 1
         seen = 0
         while True:
-            params = {"project": int(project_id), "page": page, "page_size": page_size, "fields": "task_only"}
+            params = {"project": int(project_id), "page": page, "page_size": page_size, "fields": fields}
             response = self._send("GET", "/api/tasks/", params=params)
             if response.status_code == 404 and page > 1:
                 return  # Django REST's paginator answers 404 past the last page.
