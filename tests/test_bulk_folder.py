@@ -61,7 +61,7 @@ def model_args(checkpoint: dict[str, str]) -> list[str]:
     # The random tiny ViT has no evidence of anything: its presence probabilities sit at 0.5, where thread
     # counts flip them. These tests check folder plumbing on every label's regions (tests/worker_processes.py).
     return ["--model", checkpoint["model_name"], "--model-config", checkpoint["model_config"],
-            "--pretrained", checkpoint["pretrained"], "--presence", "none"]
+            "--pretrained", checkpoint["pretrained"], "--presence", "none", "--background-prompts", ""]
 
 
 @pytest.fixture(autouse=True)

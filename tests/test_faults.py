@@ -262,20 +262,25 @@ def test_label_studio_down_longer_than_client_retries_outbox_delivers_each_once(
         with serve(settings) as client:
             reply = client.post("/predict", json={"tasks": tasks, "label_config": CONFIG})
         assert reply.status_code == 200
-        assert all(item.get("status") == "pending" for item in reply.json()["results"])
+        items = reply.json()["results"]
+        # The idle worker may finish a task before the API answers (PREDICT_WAIT_S=0 does not wait, it still
+        # reads what is there): that one is answered directly and never pushed. The others are pushed.
+        assert all(item.get("status") == "pending" or "result" in item for item in items), items
+        pushed = {task["id"] for task, item in zip(tasks, items, strict=True) if item.get("status") == "pending"}
+        assert len(pushed) >= len(tasks) // 2, items
         wait_for(lambda: log_path.read_text().count("failed (ConnectError); retry in") >= 2, 120,
                  "the worker to retry pushes to the unreachable Label Studio")
         # Past the client's own retries: every push waits in the outbox, and its loop has failed again.
-        wait_for(lambda: outbox.pending(conn, prefix) == len(tasks), 60, "every push to wait in the outbox")
+        wait_for(lambda: outbox.pending(conn, prefix) == len(pushed), 60, "every push to wait in the outbox")
         wait_for(lambda: "from the outbox failed" in log_path.read_text(), 30, "an outbox retry to fail")
         assert "queued in the outbox" in log_path.read_text()
         refusing.close()
         ls = RecordingLabelStudio(port)
-        wait_for(lambda: len({p["task"] for p in ls.predictions}) == len(tasks), 120,
+        wait_for(lambda: len({p["task"] for p in ls.predictions}) == len(pushed), 120,
                  "every prediction to reach Label Studio once it is back", poll_s=0.2)
         time.sleep(1)  # a doubled push would land now
         per_task = Counter(p["task"] for p in ls.predictions)
-        assert set(per_task.values()) == {1}, per_task
+        assert set(per_task) == pushed and set(per_task.values()) == {1}, per_task
         assert "dropped" not in log_path.read_text()
         assert outbox.pending(conn, prefix) == 0 and not conn.exists(outbox.entries_key(prefix))
         assert all(p["result"] and p["model_version"].startswith("gem-labeler-gem-tiny-vit-") for p in ls.predictions)

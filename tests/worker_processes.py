@@ -31,9 +31,11 @@ def worker_env(redis_url: str, prefix: str, checkpoint: dict, files: Path, **ext
         "PYTHONPATH": str(ROOT),
         "DATA_DIR": str(files.parent / "data"),
         # The random-weight tiny ViT has no evidence of anything being in an image: these tests check the
-        # plumbing (jobs, results, pushes) on every label's regions, so they keep every label. The presence
-        # step is tested on the trained fixture model (tests/test_prelabel.py, tests/e2e).
+        # plumbing (jobs, results, pushes) on every label's regions, so they keep every label and no background
+        # class. Presence and background are tested on the trained fixture model (tests/test_prelabel.py,
+        # tests/e2e/test_meaningful_masks.py).
         "PRESENCE": "none",
+        "BACKGROUND_PROMPTS": "",
         **extra,
     }
 

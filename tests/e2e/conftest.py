@@ -100,6 +100,7 @@ def gem_backend(label_studio, tiny_vit_checkpoint, redis_url, tmp_path_factory) 
         # The random tiny ViT has no evidence of anything: these tests check the plumbing on every label's
         # regions. The presence step runs at its defaults in test_meaningful_masks.py, on the trained model.
         "PRESENCE": "none",
+        "BACKGROUND_PROMPTS": "",
         # Holding a Label Studio key, the API runs protected, as a user must set it up: basic auth (given in
         # the model connection's auth fields) and a webhook secret (sent in the webhook's headers).
         **harness.secure_env(),

@@ -31,7 +31,7 @@ def scenes_backend(gem_backend, tmp_path_factory):
     """A second `gem-labeler serve` with the trained scenes model, sharing Label Studio and Redis."""
     assert localization.WEIGHTS.is_file(), f"the trained fixture {localization.WEIGHTS} is missing"
     # Everything at the product's defaults but the model (presence included).
-    env = {k: v for k, v in gem_backend.env.items() if k not in ("HOST", "PORT", "DATA_DIR", "PRESENCE")}
+    env = {k: v for k, v in gem_backend.env.items() if k not in ("HOST", "PORT", "DATA_DIR", "PRESENCE", "BACKGROUND_PROMPTS")}
     env.update({"MODEL_NAME": localization.MODEL_NAME, "MODEL_CONFIG": str(localization.CONFIG),
                 "MODEL_PRETRAINED": str(localization.WEIGHTS), "QUEUE_PREFIX": f"e2e-scenes-{uuid.uuid4().hex[:8]}"})
     backend = harness.start_backend(env, tmp_path_factory.mktemp("scenes-backend"), repo_root=REPO_ROOT)
