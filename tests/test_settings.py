@@ -93,3 +93,27 @@ def test_readme_documents_every_variable():
     for name, default, _ in ENV_VARS:
         expected = "(empty)" if default == "" else f"`{default.lower() if default in ('True', 'False') else default}`"
         assert rows[name] == expected, f"README gives {name} the default {rows[name]}, settings {expected}"
+
+
+BOOLEAN_VARIABLES = [(f.metadata["env"], f.name) for f in dataclasses.fields(Settings) if isinstance(f.default, bool)]
+
+
+@pytest.mark.parametrize(("variable", "field_name"), BOOLEAN_VARIABLES)
+@pytest.mark.parametrize(("raw", "value"), [
+    ("1", True), ("0", False), ("true", True), ("false", False), ("yes", True), ("no", False), ("on", True),
+    ("off", False), ("TRUE", True), ("False", False), ("Yes", True), ("NO", False), ("On", True), ("oFF", False),
+    (" yes ", True), ("", False),
+])
+def test_every_boolean_variable_reads_the_usual_spellings(variable, field_name, raw, value):
+    assert getattr(Settings.from_env({variable: raw}), field_name) is value
+
+
+@pytest.mark.parametrize(("variable", "_field"), BOOLEAN_VARIABLES)
+@pytest.mark.parametrize("raw", ["2", "y", "enabled", "truee", "-1", "nope"])
+def test_an_invalid_boolean_is_a_configuration_error_naming_the_variable(variable, _field, raw):
+    with pytest.raises(SettingsError, match=rf"^{variable}={raw!r} is not a valid bool$"):
+        Settings.from_env({variable: raw})
+
+
+def test_the_boolean_variables_are_the_documented_two():
+    assert sorted(name for name, _ in BOOLEAN_VARIABLES) == ["ALLOW_PRIVATE_ADDRESSES", "ALLOW_UNAUTHENTICATED"]
