@@ -125,8 +125,9 @@ def test_from_env_reads_the_process_environment_by_default(monkeypatch):
 
 
 def test_option_variables_are_read_by_their_option_not_as_plain_text():
-    settings = Settings.from_env({"PAMR_ITERATIONS": "2"})
-    assert settings.pamr_iterations == 2 and isinstance(settings.pamr_iterations, int)
+    # IMAGE_SIZE's default is the text "auto": read as plain text, "224" would stay a string.
+    settings = Settings.from_env({"PAMR_ITERATIONS": "2", "IMAGE_SIZE": "224"})
+    assert settings.pamr_iterations == 2 and settings.image_size == 224 and isinstance(settings.image_size, int)
 
 
 def test_overrides_are_checked_like_the_environment():
