@@ -110,3 +110,12 @@ def test_task_jobs_names_and_builds_payloads_like_the_module_functions():
     assert make_payload(job=ident, prefix="p", project="3", task=task, image_url="http://x/1.png",
                         vocabulary=vocab, options=options, version=model_version(options), context=context) == expected
     assert jobs.payload(ident, {}, "u")["task_id"] is None and jobs.payload(ident, {}, "u")["context"] is None
+
+
+def test_task_jobs_share_one_vocabulary_and_options_dict_across_payloads():
+    """A bulk run makes thousands of payloads: their vocabulary and options are made once, not per task."""
+    vocab = parse_label_config('<View><Image name="i" value="$pic"/><BrushLabels name="b" toName="i">'
+                               '<Label value="a"/></BrushLabels></View>')
+    jobs = TaskJobs(prefix="p", project="3", vocabulary=vocab, options=ProjectOptions.from_settings(SETTINGS))
+    first, second = jobs.payload("p-1", {"id": 1}, "u1"), jobs.payload("p-2", {"id": 2}, "u2")
+    assert first["vocabulary"] is second["vocabulary"] and first["options"] is second["options"]
