@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install clean
+.PHONY: run test lint install clean mutate mutate-results
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,5 +30,14 @@ test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest
 
+# Mutation testing (mutmut, config in pyproject.toml [tool.mutmut]); slow, NOT part of `make test`.
+# One module: make mutate MUTANTS='gem_engine.rle*'; the scores: make mutate-results.
+MUTANTS ?=
+mutate: $(STAMP)
+	env -u PYTHONPATH $(VENV)/bin/mutmut run $(MUTANTS)
+
+mutate-results: $(STAMP)
+	env -u PYTHONPATH $(VENV)/bin/mutmut results --all true | sed -E 's/^ *//; s/\.x(_|ǁ)[^:]*:/ /' | sort | uniq -c
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache
+	rm -rf mutants $(VENV) .pytest_cache .ruff_cache .import_linter_cache

@@ -193,6 +193,27 @@ def test_cloud_uri_is_presigned_and_the_redirect_drops_the_token(serve):
     assert "authorization" not in bucket.requests[-1][1]
 
 
+def test_label_studio_trust_covers_one_hop_only(serve):
+    """Label Studio -> bucket -> other host: Label Studio's presign redirect may name any host (the bucket), but
+    the bucket is not Label Studio, so where the bucket redirects must pass ALLOWED_IMAGE_HOSTS again."""
+    ls, bucket, other = serve(), serve(), serve()
+    other.routes["/stolen.png"] = image
+    # Three loopback stand-ins told apart by name and port: Label Studio 127.0.0.1:a, bucket localhost:b,
+    # other host 127.0.0.1:c (same address as Label Studio, another origin, not in ALLOWED_IMAGE_HOSTS).
+    bucket.routes["/bucket/a.png"] = redirect_to(f"http://127.0.0.1:{other.port}/stolen.png")
+    ls.routes["/tasks/9/presign/"] = redirect_to(f"http://localhost:{bucket.port}/bucket/a.png?X-Amz-Signature=s", 303)
+    settings = settings_for(ls, allow_private_addresses=True, allowed_image_hosts=("images.example.com",))
+    with pytest.raises(ImageError, match="ALLOWED_IMAGE_HOSTS") as info:
+        load_task_image("s3://bucket/a.png", settings, task_id=9)
+    assert info.value.reason == "forbidden"
+    assert len(ls.requests) == 1 and bucket.paths() == ["/bucket/a.png?X-Amz-Signature=s"]
+    assert other.requests == []
+    # Control: the same chain is followed to its end once the other host is allowed by name.
+    settings.allowed_image_hosts = ("127.0.0.1",)
+    assert load_task_image("s3://bucket/a.png", settings, task_id=9).size == (40, 30)
+    assert other.paths() == ["/stolen.png"] and "authorization" not in other.requests[0][1]
+
+
 def test_presign_proxy_mode_streams_the_file_from_label_studio(serve):
     ls = serve()
     ls.routes["/projects/2/presign/"] = image

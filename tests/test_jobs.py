@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.jobqueue.jobs import image_url_of, job_id, project_id
+from backend.jobqueue.jobs import TaskJobs, image_url_of, job_id, make_payload, project_id
 from backend.labelstudio.label_config import parse_label_config
 from backend.options import OptionsError, ProjectOptions, model_version
 from backend.settings import Settings
@@ -70,6 +70,52 @@ def test_project_ids_and_image_urls():
     vocab = parse_label_config('<View><Image name="i" value="$pic"/><BrushLabels name="b" toName="i">'
                                '<Label value="a"/></BrushLabels></View>')
     assert image_url_of({"data": {"pic": " http://x/a.png "}}, vocab) == "http://x/a.png"
-    for task, message in [({}, "no 'data'"), ({"data": {}}, "no image under 'pic'"), ("x", "not a JSON object")]:
-        with pytest.raises(ValueError, match=message):
+    for task, message in [({}, "task has no 'data' object"), ({"data": {}}, "task data has no image under 'pic'"),
+                          ("x", "task is not a JSON object"), ({"data": {"pic": "  "}}, "task data has no image under 'pic'")]:
+        with pytest.raises(ValueError, match=f"^{message}"):
             image_url_of(task, vocab)
+
+
+def test_project_id_edges():
+    assert project_id("") == "" and project_id({"id": ""}) == "" and project_id({}) == ""
+    # Only the first dot splits (Label Studio's "<id>.<timestamp>"); what follows is never part of the id.
+    assert project_id("12.5.3") == "12" and project_id(12.0) == "12"
+    # The error quotes at most 80 characters of a bad id.
+    with pytest.raises(ValueError, match=rf"^project id '{'a' * 80}' is not a plain id"):
+        project_id("a" * 100)
+
+
+def test_job_id_shape_and_context_key_order():
+    ident = _id(context={"b": 1, "a": [2]})
+    assert ident == _id(context={"a": [2], "b": 1})  # the same context, whatever its key order
+    assert len(ident) == len("p-") + 32 and all(c in "0123456789abcdef" for c in ident[2:])
+
+
+def test_task_jobs_names_and_builds_payloads_like_the_module_functions():
+    vocab = parse_label_config('<View><Image name="i" value="$pic"/><BrushLabels name="b" toName="i">'
+                               '<Label value="a"/></BrushLabels></View>')
+    options = ProjectOptions.from_settings(SETTINGS, {"method": "gradcam"})
+    jobs = TaskJobs(prefix="p", project="3", vocabulary=vocab, options=options)
+    assert jobs.version == model_version(options) and jobs.config_hash == vocab.config_hash()
+    task = {"id": 7, "data": {"pic": "http://x/1.png"}}
+    context = {"result": [{"type": "keypointlabels"}]}
+    ident = jobs.job_id(task, "http://x/1.png", context)
+    assert ident == job_id(prefix="p", project="3", task_id=7, version=model_version(options),
+                           config_hash=vocab.config_hash(), image_url="http://x/1.png", context=context)
+    assert jobs.job_id(task, "http://x/1.png") != ident
+    expected = {"job_id": ident, "prefix": "p", "project": "3", "task_id": 7, "image_url": "http://x/1.png",
+                "vocabulary": vocab.to_dict(), "options": options.to_dict(), "model_version": model_version(options),
+                "context": context}
+    assert jobs.payload(ident, task, "http://x/1.png", context) == expected
+    assert make_payload(job=ident, prefix="p", project="3", task=task, image_url="http://x/1.png",
+                        vocabulary=vocab, options=options, version=model_version(options), context=context) == expected
+    assert jobs.payload(ident, {}, "u")["task_id"] is None and jobs.payload(ident, {}, "u")["context"] is None
+
+
+def test_task_jobs_share_one_vocabulary_and_options_dict_across_payloads():
+    """A bulk run makes thousands of payloads: their vocabulary and options are made once, not per task."""
+    vocab = parse_label_config('<View><Image name="i" value="$pic"/><BrushLabels name="b" toName="i">'
+                               '<Label value="a"/></BrushLabels></View>')
+    jobs = TaskJobs(prefix="p", project="3", vocabulary=vocab, options=ProjectOptions.from_settings(SETTINGS))
+    first, second = jobs.payload("p-1", {"id": 1}, "u1"), jobs.payload("p-2", {"id": 2}, "u2")
+    assert first["vocabulary"] is second["vocabulary"] and first["options"] is second["options"]

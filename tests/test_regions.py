@@ -50,9 +50,18 @@ def test_semantic_two_labels_are_separate_and_where_the_heat_is():
     dog_cx = np.nonzero(dog.mask)[1].mean() / 320
     assert cat_cx == pytest.approx(4.5 / 16, abs=0.03)
     assert dog_cx == pytest.approx(12 / 16, abs=0.03)
-    for region in (cat, dog):
-        assert 0.5 < region.score <= 1.0
-        assert math.isfinite(region.score)
+    # At the grid's own size, by hand: a pixel goes to the higher raw map, kept where that map's normalized
+    # value is above its Otsu threshold; the score is the mean over the region of the winner's two-label
+    # softmax probability at logit_scale 100, 1 / (1 + exp(-100 |cat - dog|)).
+    maps = two_blob_maps()
+    small = by_label(extract_regions(maps, ["cat", "dog"], (GRID, GRID)))
+    for k, name in enumerate(["cat", "dog"]):
+        mine, other = maps[k].astype(np.float64), maps[1 - k].astype(np.float64)
+        normalized = (mine - mine.min()) / (mine.max() - mine.min())
+        expected = (mine > other) & (normalized > filters.threshold_otsu(normalized))
+        np.testing.assert_array_equal(small[name].mask, expected)
+        probabilities = [1 / (1 + math.exp(-100 * (m - o))) for m, o in zip(mine[expected], other[expected], strict=True)]
+        assert small[name].score == pytest.approx(sum(probabilities) / len(probabilities), abs=1e-5)
 
 
 def test_independent_mode_allows_overlap_and_matches_otsu():
@@ -84,7 +93,19 @@ def test_fixed_and_per_label_thresholds():
     a, b = extract_regions(maps, ["a", "b"], (128, 128), options)
     assert a.mask.sum() > 2 * b.mask.sum()
     assert b.mask.sum() > 0
-    assert b.score >= 0.8 and a.score >= 0.2
+    # At the grid's own size (no upsampling) every pixel and score is computed here by hand: the mask is
+    # the normalized map at or above the label's threshold, the score the mean normalized value over it.
+    a, b = extract_regions(maps, ["a", "b"], (GRID, GRID), options)
+    normalized = (maps[0] - maps[0].min()) / (maps[0].max() - maps[0].min())
+    for region, threshold in ((a, 0.2), (b, 0.8)):
+        expected = normalized >= threshold
+        np.testing.assert_array_equal(region.mask, expected)
+        assert region.score == pytest.approx(sum(normalized[expected].tolist()) / expected.sum(), abs=1e-6)
+    # exp(-r^2/18) >= t (the corner value 8e-4 shifts t by < 1e-3): r^2 <= 28 for 0.2 (89 grid points),
+    # r^2 <= 4 for 0.8 (13 grid points), counted by hand.
+    assert (a.mask.sum(), b.mask.sum()) == (89, 13)
+    # b: the centre, 4 points at r^2 = 1, 4 at 2, 4 at 4: (1 + 4 (e^-1/18 + e^-2/18 + e^-4/18)) / 13.
+    assert b.score == pytest.approx(0.8896, abs=1e-3)
 
 
 def test_background_label_competes_but_gives_no_region():

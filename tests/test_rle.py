@@ -225,3 +225,52 @@ def test_decode_rejects_size_mismatch_and_garbage():
     # A header claiming billions of values is refused before any allocation.
     with pytest.raises(ValueError, match="declares 4294967295"):
         decode_rle([255, 255, 255, 255, 0, 0, 0], 4, 5)
+
+
+def _stream(count: int, word: int, *codes: str) -> list[int]:
+    """Return the bytes of a hand-written stream: header (count, word size, classes 3/4/8/16) and codes as
+    bit strings, zero-padded to whole bytes."""
+    bits = f"{count:032b}{word - 1:05b}" + "".join(f"{size - 1:04b}" for size in (3, 4, 8, 16)) + "".join(codes)
+    bits += "0" * (-len(bits) % 8)
+    return [int(bits[i:i + 8], 2) for i in range(0, len(bits), 8)]
+
+
+def test_hand_written_stream_ending_on_its_last_bit_decodes():
+    # One repeat code in class 2 (8-bit length): 3 + 8 + 8 bits after the 53-bit header = 72 bits, 9 bytes.
+    rle = _stream(4, 8, "1" + "10" + f"{3:08b}" + f"{200:08b}")
+    assert len(rle) == 9
+    values = decode_rle_values(rle)
+    assert values.dtype == np.uint8 and values.tolist() == [200] * 4
+    assert decode_rle(rle, 1, 1).tolist() == [[True]]
+
+
+@pytest.mark.parametrize(("rle", "message"), [
+    (_stream(4, 9, "1" + "00" + f"{3:03b}" + f"{1:09b}"), "RLE word size 9 is not supported (only 8-bit values)"),
+    (_stream(4, 8, "1" + "00" + f"{7:03b}" + f"{1:08b}"), "RLE run overflows the declared 4 values"),
+    (_stream(8, 8, "1" + "00" + f"{3:03b}" + f"{1:08b}"), "RLE ends in the middle of a code"),
+    (np.zeros((2, 8), np.int64), "RLE must be a flat sequence of at least 7 bytes"),
+    ([0] * 6, "RLE must be a flat sequence of at least 7 bytes"),
+    ([0, 0, 0, 4, -1, 0, 0], "RLE must contain integers in 0..255"),
+    ([0, 0, 0, 4, 256, 0, 0], "RLE must contain integers in 0..255"),
+    ([0.0] * 7, "RLE must contain integers in 0..255"),
+])
+def test_decoder_refusals_say_why(rle, message):
+    with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace(")", r"\)") + "$"):
+        decode_rle_values(rle)
+
+
+@pytest.mark.parametrize(("mask", "error", "message"), [
+    (np.zeros((1, 2, 3), bool), ValueError, r"mask must be 2-D \(height, width\), got shape \(1, 2, 3\)"),
+    (np.zeros((0, 3), bool), ValueError, r"mask must have at least one pixel, got shape \(0, 3\)"),
+    (np.zeros((3, 3), np.int64), TypeError, "mask must be bool or uint8, got int64"),
+])
+def test_encoder_refusals_say_why(mask, error, message):
+    with pytest.raises(error, match=f"^{message}$"):
+        encode_rle(mask)
+
+
+def test_decode_rle_size_and_alpha_edges():
+    rle = encode_rle(np.full((2, 3), 7, np.uint8))
+    with pytest.raises(ValueError, match="^height and width must be positive, got 2x0$"):
+        decode_rle(rle, 2, 0)
+    assert decode_rle(rle, 2, 3, min_alpha=7).all() and not decode_rle(rle, 2, 3, min_alpha=8).any()

@@ -93,3 +93,70 @@ def test_readme_documents_every_variable():
     for name, default, _ in ENV_VARS:
         expected = "(empty)" if default == "" else f"`{default.lower() if default in ('True', 'False') else default}`"
         assert rows[name] == expected, f"README gives {name} the default {rows[name]}, settings {expected}"
+
+
+BOOLEAN_VARIABLES = [(f.metadata["env"], f.name) for f in dataclasses.fields(Settings) if isinstance(f.default, bool)]
+
+
+@pytest.mark.parametrize(("variable", "field_name"), BOOLEAN_VARIABLES)
+@pytest.mark.parametrize(("raw", "value"), [
+    ("1", True), ("0", False), ("true", True), ("false", False), ("yes", True), ("no", False), ("on", True),
+    ("off", False), ("TRUE", True), ("False", False), ("Yes", True), ("NO", False), ("On", True), ("oFF", False),
+    (" yes ", True), ("", False),
+])
+def test_every_boolean_variable_reads_the_usual_spellings(variable, field_name, raw, value):
+    assert getattr(Settings.from_env({variable: raw}), field_name) is value
+
+
+@pytest.mark.parametrize(("variable", "_field"), BOOLEAN_VARIABLES)
+@pytest.mark.parametrize("raw", ["2", "y", "enabled", "truee", "-1", "nope"])
+def test_an_invalid_boolean_is_a_configuration_error_naming_the_variable(variable, _field, raw):
+    with pytest.raises(SettingsError, match=rf"^{variable}={raw!r} is not a valid bool$"):
+        Settings.from_env({variable: raw})
+
+
+def test_the_boolean_variables_are_the_documented_two():
+    assert sorted(name for name, _ in BOOLEAN_VARIABLES) == ["ALLOW_PRIVATE_ADDRESSES", "ALLOW_UNAUTHENTICATED"]
+
+
+def test_from_env_reads_the_process_environment_by_default(monkeypatch):
+    monkeypatch.setenv("PORT", "8123")
+    assert Settings.from_env().port == 8123
+
+
+def test_option_variables_are_read_by_their_option_not_as_plain_text():
+    # IMAGE_SIZE's default is the text "auto": read as plain text, "224" would stay a string.
+    settings = Settings.from_env({"PAMR_ITERATIONS": "2", "IMAGE_SIZE": "224"})
+    assert settings.pamr_iterations == 2 and settings.image_size == 224 and isinstance(settings.image_size, int)
+
+
+def test_overrides_are_checked_like_the_environment():
+    with pytest.raises(SettingsError, match="METHOD must be"):
+        Settings.from_env({}, method="sam")
+    with pytest.raises(SettingsError, match="^the per-project defaults: input_mode="):
+        Settings.from_env({"METHOD": "gradcam", "INPUT_MODE": "aspect"})
+
+
+@pytest.mark.parametrize("environ", [
+    {"PRECISION": "fp16"}, {"PRECISION": "bf16"}, {"PREDICT_WAIT_S": "0"}, {"PREDICT_WAIT_S": "0.5"},
+    {"JOB_RETRIES": "0"}, {"RESULT_TTL_S": "1"}, {"ERROR_TTL_S": "1"}, {"JOB_TIMEOUT_S": "1"},
+    {"WORKER_BATCH_SIZE": "1"}, {"PORT": "1"}, {"MAX_REQUEST_BYTES": "1"}, {"PUSH_MAX_AGE_S": "1"},
+    {"PUSH_BACKOFF_S": "0.5"}, {"JOB_MAX_ATTEMPTS": "1"},
+])
+def test_smallest_allowed_values_are_accepted(environ):
+    [(name, raw)] = environ.items()
+    settings = Settings.from_env(environ)
+    value = getattr(settings, next(f.name for f in dataclasses.fields(Settings) if f.metadata["env"] == name))
+    assert str(value) == raw or value == float(raw)
+
+
+@pytest.mark.parametrize(("environ", "message"), [
+    ({"BASIC_AUTH_PASS": "p"}, "^set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither$"),
+    ({"PREDICT_WAIT_S": "-1"}, r"^PREDICT_WAIT_S must be >= 0, not -1.0$"),
+    ({"JOB_RETRIES": "-1"}, "^JOB_RETRIES must be >= 0, not -1$"),
+    ({"PRECISION": "FP16"}, "^PRECISION must be fp32, fp16 or bf16, not 'FP16'$"),
+    ({"PUSH_BACKOFF_S": "0"}, "^PUSH_BACKOFF_S must be positive, not 0.0$"),
+])
+def test_error_messages_in_full(environ, message):
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(environ)

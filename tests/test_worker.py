@@ -131,7 +131,17 @@ def test_batch_predict_good_and_bad_tasks(stack):
         results = reply.json()["results"]
     assert len(results) == len(tasks)
     for good in (results[0], results[5]):
-        assert good["model_version"] == version and 0.0 <= good["score"] <= 1.0
+        assert good["model_version"] == version
+        # The prediction scores the mean of its regions; every region gives exactly one brush result (both
+        # labels are BrushLabels), and its polygon / box results carry the same score as its brush.
+        region_scores = [r["score"] for r in good["result"] if r["type"] == "brushlabels"]
+        assert region_scores and good["score"] == pytest.approx(sum(region_scores) / len(region_scores), abs=1e-6)
+        for r in good["result"]:
+            label = r["value"].get("polygonlabels", r["value"].get("rectanglelabels", [None]))[0]
+            if label is not None:
+                same = [b["score"] for b in good["result"]
+                        if b["type"] == "brushlabels" and b["value"]["brushlabels"] == [label]]
+                assert r["score"] in same
         types = {(r["from_name"], r["type"]) for r in good["result"]}
         assert types <= {("brush", "brushlabels"), ("poly", "polygonlabels"), ("box", "rectanglelabels")}
         assert ("brush", "brushlabels") in types
