@@ -195,6 +195,7 @@ def prompt_list() -> Kind:
 
 def label_fractions() -> Kind:
     """Return the kind of per-label numbers in [0, 1]: "cat=0.3,dog=0.6" in text, or a JSON object."""
+    fraction = number(0.0, 1.0)
 
     def read(raw: Any) -> tuple[tuple[str, float], ...]:
         if isinstance(raw, str):
@@ -213,12 +214,9 @@ def label_fractions() -> Kind:
             if not label:
                 raise ValueError("names an empty label")
             try:
-                value = _number(number_text)
+                values[label] = fraction.read(number_text)
             except ValueError:
                 raise ValueError(f"gives {label!r} {number_text!r}, not a number in [0, 1]") from None
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"gives {label!r} {value}, not a number in [0, 1]")
-            values[label] = value
         return tuple(sorted(values.items()))
 
     return Kind("tuple[tuple[str, float], ...]", read)

@@ -73,12 +73,11 @@ class Case:
 Predictor = Callable[[Case, list[str]], list[Region]]
 
 
-def analyze(method: str, vocabulary: list[str], seed: int, count: int, background: Sequence[str],
+def analyze(method: str, vocabulary_name: str, seed: int, count: int, background: Sequence[str],
             pamr_iterations: int = 0) -> tuple[list[Case], float]:
-    """Return the cases of `count` scenes of `seed` and the engine's seconds per image."""
-    loaded = load_scenes_model()
-    engine = HeatmapEngine(loaded, method=method, pamr_iterations=pamr_iterations)
-    name_of = next(key for words, key in VOCABULARIES.values() if words == vocabulary)
+    """Return the cases of `count` scenes of `seed` under a named vocabulary and the engine's seconds per image."""
+    vocabulary, name_of = VOCABULARIES[vocabulary_name]
+    engine = HeatmapEngine(load_scenes_model(), method=method, pamr_iterations=pamr_iterations)
     items = list(scenes.scenes(seed, count))
     engine.analyze([items[0].image], [[v] for v in vocabulary], background)  # warm-up: text cache, allocator
     started = time.perf_counter()
@@ -88,9 +87,9 @@ def analyze(method: str, vocabulary: list[str], seed: int, count: int, backgroun
     return cases, seconds
 
 
-def old_default(case: Case, labels: list[str]) -> list[Region]:
+def old_default(regions: RegionOptions) -> Predictor:
     """Return what the product gave before the presence step: every label's regions, no background class."""
-    return extract_regions(case.analysis.maps, labels, case.size, RegionOptions())
+    return lambda case, labels: extract_regions(case.analysis.maps, labels, case.size, regions)
 
 
 def new_default(presence: PresenceOptions, regions: RegionOptions) -> Predictor:
@@ -206,7 +205,7 @@ def evaluate(cases: list[Case], labels: list[str], predict: Predictor) -> dict[s
 
 def tune(method: str, count: int, modes: list[str], background: Sequence[str]) -> dict:
     """Return the presence evidence and threshold with the best mean label F1 over vocabularies and modes."""
-    cases = {name: analyze(method, VOCABULARIES[name][0], TUNING_SEED, count, background)[0] for name in VOCABULARIES}
+    cases = {name: analyze(method, name, TUNING_SEED, count, background)[0] for name in VOCABULARIES}
     results = []
     for evidence in [e for e in EVIDENCE if e != "none"]:
         for threshold in np.round(np.arange(0.1, 1.0, 0.1), 2):
@@ -251,15 +250,12 @@ def main() -> None:
             figures[f"{method}_tuned"] = tune(method, args.tune_scenes, args.modes.split(","), background)
             print(f"tuned {method}: {figures[f'{method}_tuned']}", flush=True)
         for vocabulary_name, (labels, _) in VOCABULARIES.items():
-            cases, seconds = analyze(method, labels, HELD_OUT_SEED, args.scenes, background, args.pamr)
+            cases, seconds = analyze(method, vocabulary_name, HELD_OUT_SEED, args.scenes, background, args.pamr)
             baseline = evaluate(cases, labels, nothing)
             for mode in args.modes.split(","):
                 regions = RegionOptions(mode=mode)
-                rows = {"all-background": nothing, "old default": old_default,
+                rows = {"all-background": nothing, "old default": old_default(regions),
                         "new default": new_default(defaults, regions), "oracle presence": oracle(regions)}
-                if mode != "semantic":
-                    rows["old default"] = lambda case, labels, regions=regions: extract_regions(
-                        case.analysis.maps, labels, case.size, regions)
                 for row_name, predict in rows.items():
                     row = baseline if predict is nothing else evaluate(cases, labels, predict)
                     row["miou_ratio"] = row["miou"] / baseline["miou"]

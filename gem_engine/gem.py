@@ -286,7 +286,7 @@ def run_streams(visual: VisionTransformer, pixels: torch.Tensor, options: GemOpt
     x, grid = embed_tokens(visual, pixels, interpolation)
     class_pool = getattr(visual, "pool_type", "tok") == "tok"
     # Without a class-token pool the image embedding needs the whole original stream.
-    want_original = want_original or (want_image and not class_pool)
+    run_original = want_original or (want_image and not class_pool)
     first_special = len(blocks) - max(gem_blocks, 1 if want_last_qkv or want_last_input or want_image else 0)
     for block in blocks[:first_special]:
         x = plain_block(block, x)
@@ -304,11 +304,11 @@ def run_streams(visual: VisionTransformer, pixels: torch.Tensor, options: GemOpt
             last_input = x
         if gem_x is not None and index >= len(blocks) - gem_blocks:
             gem_x = gem_residual(gem_x, weights, self_self_attention(qkv, normed, options))
-        if is_last and want_image and not want_original:
+        if is_last and want_image and not run_original:
             image = image_embedding(visual, class_token_block(block, weights, x, qkv))
-        if not is_last or want_original:
+        if not is_last or run_original:
             x = original_block(block, weights, x, qkv)
-    if want_image and want_original:
+    if want_image and run_original:
         image = image_embedding(visual, x)
     return StreamOutput(
         gem=project(visual, gem_x) if gem_x is not None else None,

@@ -46,20 +46,18 @@ def prelabel_regions(
     chosen = [i for i, keep in zip(wanted, present, strict=True) if keep]
     if not chosen:
         return []
-    chance = dict(zip(wanted, probability, strict=True))
+    chance = {labels[i]: p for i, p in zip(wanted, probability, strict=True)}
     maps = [analysis.maps[i] for i in chosen]
     names = [labels[i] for i in chosen]
-    background = _background_map(analysis, [i for i, b in enumerate(is_background) if b])
-    if background is not None and region_options.mode == "semantic":
+    semantic = region_options.mode == "semantic"
+    background = _background_map(analysis, [i for i, b in enumerate(is_background) if b]) if semantic else None
+    if background is not None:
         maps.append(background)
         names.append(BACKGROUND)
     options = replace(region_options, background_names=(*region_options.background_names, BACKGROUND))
     found = extract_regions(np.stack(maps), names, image_size, options)
-    index = {labels[i]: i for i in chosen}
-    semantic = region_options.mode == "semantic"
     return [
-        replace(region, score=float(chance[index[region.label]] * (region.score if semantic else 1.0)))
-        for region in found
+        replace(region, score=float(chance[region.label] * (region.score if semantic else 1.0))) for region in found
     ]
 
 

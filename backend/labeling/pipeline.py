@@ -167,13 +167,13 @@ def predict_payloads(
         options = ProjectOptions.from_dict(payloads[work.index]["options"])
         groups[(options.engine_key(), work.prompts, options.background_prompts)].append(work)
 
-    maps_of: dict[int, list[tuple[_Work, ImageAnalysis]]] = defaultdict(list)
+    analyses_of: dict[int, list[tuple[_Work, ImageAnalysis]]] = defaultdict(list)
     for (_engine, prompts, background), group in groups.items():
         options = ProjectOptions.from_dict(payloads[group[0].index]["options"])
         try:
             engine = engines.get(options)
             started = time.perf_counter()
-            maps = engine.analyze([w.image for w in group], [list(p) for p in prompts], background)
+            analyses = engine.analyze([w.image for w in group], [list(p) for p in prompts], background)
             elapsed = time.perf_counter() - started
         except PERMANENT_ERRORS as exc:
             for w in group:
@@ -185,14 +185,14 @@ def predict_payloads(
             continue
         if on_engine_run is not None:
             on_engine_run(options.method, elapsed, len(group))
-        for w, m in zip(group, maps, strict=True):
-            maps_of[w.index].append((w, m))
+        for w, analysis in zip(group, analyses, strict=True):
+            analyses_of[w.index].append((w, analysis))
 
     for i, payload in enumerate(payloads):
-        if outcomes[i].error is not None or i not in maps_of:
+        if outcomes[i].error is not None or i not in analyses_of:
             continue
         try:
-            outcomes[i] = _finish(payload, maps_of[i], full_sizes[i])
+            outcomes[i] = _finish(payload, analyses_of[i], full_sizes[i])
         except PERMANENT_ERRORS as exc:
             outcomes[i] = TaskOutcome(error=f"regions: {type(exc).__name__}: {exc}")
     return outcomes
