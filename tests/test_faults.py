@@ -178,13 +178,20 @@ def test_redis_restart_mid_run_answers_503_then_completes(redis_server, tiny_vit
                 redis_server.start()
             assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
 
+            last: list = []
+
             def all_finished():
                 reply = client.post("/predict", json=body)
                 assert reply.status_code == 200, reply.text
                 results = reply.json()["results"]
-                return results if all("result" in r or "error" in r for r in results) else None
+                last[:] = [r for r in results if "result" not in r and "error" not in r]
+                return results if not last else None
 
-            results = wait_for(all_finished, 180, "every task to finish after Redis returned", poll_s=1)
+            try:
+                results = wait_for(all_finished, 180, "every task to finish after Redis returned", poll_s=1)
+            except AssertionError as exc:  # say which tasks stayed pending and what the worker did
+                log_tail = (tmp_path / "worker.log").read_text()[-4000:]
+                raise AssertionError(f"{exc}; still pending: {last}; worker log tail:\n{log_tail}") from None
         assert len(results) == len(tasks)
         assert [r for r in results if "error" in r] == []
         assert result_count(conn, prefix) == len(tasks)
