@@ -25,7 +25,7 @@ from typing import Any
 import redis
 
 from backend.bulk.common import Failure, Progress, StopRequest, Summary, UsageError, describe_options
-from backend.jobqueue import digests, push_once
+from backend.jobqueue import calibrations, digests, push_once
 from backend.jobqueue import queues as rq_queue
 from backend.jobqueue.jobs import TaskJobs, image_url_of
 from backend.labelstudio.client import LabelStudioClient, LabelStudioError
@@ -199,7 +199,7 @@ def run_project(
     vocabulary = parse_label_config(config)
     extra: dict[str, Any] = {}
     if options is None:
-        extra = (rq_queue.load_project(conn, prefix, project) or {}).get("extra_params") or {}
+        extra = calibrations.project_params(conn, prefix, project)
         # Options the project set at /setup (extra_params) apply here too; the command line wins.
         options = ProjectOptions.from_settings(settings, {**extra, **run.params})
     try:

@@ -26,6 +26,7 @@ DELEGATED = {
     "prelabel": ("backend.cli.prelabel", "pre-label a whole Label Studio project or a folder of images"),
     "heatmap": ("backend.cli.heatmap", "write per-label heatmaps of images (debugging, figures)"),
     "evaluate": ("backend.cli.evaluate", "compare pre-labels with human masks (a folder or a Label Studio project)"),
+    "calibrate": ("backend.cli.calibrate", "fit a project's thresholds to its annotations; versions, rollback"),
 }
 
 

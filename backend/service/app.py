@@ -1,6 +1,7 @@
 """The FastAPI app Label Studio talks to: parse, enqueue, wait, format. Never imports torch.
 
-Routes: GET /health, POST /setup, POST /predict, POST /webhook, GET /metrics, GET /jobs/{id}.
+Routes: GET /health, POST /setup, POST /predict, POST /webhook, POST /train, GET /calibration/{project},
+GET /metrics, GET /jobs/{id}.
 /predict parses and enqueues in the thread pool (short), then waits for the workers' results in the event
 loop with an asyncio Redis client: a waiting request holds no thread, so any number of them leave /health
 and other requests their threads. With no live worker it answers at once instead of waiting.
@@ -26,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backend.jobqueue import digests
+from backend.jobqueue import calibrations, digests
 from backend.jobqueue import queues as rq_queue
 from backend.jobqueue.jobs import TaskJobs, image_url_of, project_id
 from backend.labelstudio.label_config import LabelConfigError, Vocabulary, parse_label_config
@@ -129,8 +130,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return await http_exception_handler(request, exc)
 
     def project_state(project: str) -> tuple[dict[str, Any], str | None]:
-        stored = rq_queue.load_project(clients.main(), prefix, project) or {}
-        return stored.get("extra_params") or {}, stored.get("label_config")
+        """Return the project's extra params (its calibration over those /setup stored) and label config."""
+        conn = clients.main()
+        stored = rq_queue.load_project(conn, prefix, project) or {}
+        extra = calibrations.project_params(conn, prefix, project, stored.get("extra_params") or {})
+        return extra, stored.get("label_config")
 
     def options_for(extra: dict[str, Any]) -> ProjectOptions:
         try:
@@ -193,8 +197,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         extra = body.get("extra_params") or {}
         if isinstance(extra, str):  # Label Studio sends the text box as a JSON string
             extra = _json_object(extra)
-        options = options_for(extra)
         project = _project(body.get("project"))
+        options = options_for(calibrations.project_params(clients.main(), prefix, project, extra))
         jobs = task_jobs(project, vocabulary, options)
         rq_queue.save_project(clients.main(), prefix, project, {"label_config": config, "extra_params": extra},
                               PROJECT_TTL_S)
@@ -256,10 +260,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             config = project_obj.get("label_config") if isinstance(project_obj, dict) else None
             background.add_task(_prelabel_created, clients.main(), settings, project, tasks, config)
             return {"status": "accepted", "tasks": len(tasks)}
+        if action == "START_TRAINING":
+            return start_calibration(project)
         if action in ANNOTATION_EVENTS:
             # Not stored: calibration reads a project's annotations from Label Studio's API when it runs.
             return {"status": "acknowledged", "action": action}
         return {"status": "ignored", "action": action}
+
+    def start_calibration(project: str) -> dict[str, Any]:
+        if not project:
+            raise _bad_request("calibration needs the project id ('project': id or {'id': id})")
+        if not settings.can_push:
+            raise _bad_request("calibration reads the project's annotations from Label Studio: set "
+                               "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY for the API and the workers")
+        try:
+            job_id = calibrations.enqueue(clients.main(), settings, project)
+        except calibrations.CalibrationRunning as exc:
+            raise HTTPException(409, str(exc)) from None
+        log.info("project %s: calibration queued as job %s", project, job_id)
+        return {"status": "started", "job_id": job_id, "project": project,
+                "progress": f"/calibration/{project}"}
+
+    @app.post("/train")
+    def train(body: dict[str, Any]) -> dict[str, Any]:
+        # The ML backend protocol's training hook (Label Studio's "Start Training"); same as START_TRAINING.
+        return start_calibration(_project(body.get("project")))
+
+    @app.get("/calibration/{project}")
+    def calibration(project: str) -> dict[str, Any]:
+        project = _project(project)
+        conn = clients.main()
+        stored = calibrations.history(conn, prefix, project)
+        return {"project": project, "status": calibrations.status(conn, prefix, project),
+                "active": stored["active"], "versions": stored["versions"]}
 
     @app.get("/metrics")
     def prometheus() -> Response:
@@ -356,7 +389,8 @@ def _prelabel_created(
     try:
         stored = rq_queue.load_project(conn, prefix, project) or {}
         vocabulary = parse_label_config(config or stored.get("label_config"))
-        options = ProjectOptions.from_settings(settings, stored.get("extra_params") or {})
+        extra = calibrations.project_params(conn, prefix, project, stored.get("extra_params") or {})
+        options = ProjectOptions.from_settings(settings, extra)
         contents = digests.resolve(conn, prefix, options, wait_s=DIGEST_WAIT_S)
     except (LabelConfigError, OptionsError, redis.RedisError, digests.DigestUnavailable) as exc:
         log.error("webhook TASKS_CREATED project %s: not pre-labeled: %s", project, exc)

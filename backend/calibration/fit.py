@@ -1,0 +1,273 @@
+"""Annotated examples to calibrated per-project parameters, adopted only when held-out quality improves.
+
+Pipeline: examples (an image's ImageAnalysis and its human masks per label) -> `quality` runs the product's
+own path (presence -> regions, `gem_engine.prelabel`) with a set of extra params and scores it (mIoU with
+background over all pixels, image-level presence F1, ECE of region scores) -> `search` improves the
+params on training examples: a coordinate search over the global knobs (presence threshold, background
+threshold, logit scale), then per-label presence thresholds for labels with at least `min_examples`
+annotated images -> `fit` cross-validates that search (FOLDS interleaved folds: fit on the rest, judge on the fold) and
+adopts the params fitted on all examples only when the held-out mIoU rises and presence F1 does not fall.
+
+The parameters are extra_params keys of the product's own options, so a calibration changes nothing but
+option values: they enter the model version like any extra param, and a rollback is a change back.
+The maps are computed once per image; every candidate only reruns presence and regions on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from backend.evaluation.metrics import class_map, miou_from_confusion
+from backend.labeling.pipeline import presence_options, region_options
+from backend.options import ProjectOptions
+from gem_engine.engine import ImageAnalysis
+from gem_engine.prelabel import prelabel_regions
+from gem_engine.presence import decide_presence
+
+# The global knobs and the values tried for each, in search order.
+GRID: dict[str, tuple[float, ...]] = {
+    "presence_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+    "background_threshold": (0.0, 0.3, 0.6),
+    "logit_scale": (50.0, 100.0, 200.0),
+}
+LABEL_THRESHOLDS = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))
+DEFAULT_MIN_EXAMPLES = 5
+FOLDS = 3
+ECE_BINS = 10
+
+
+@dataclass
+class Example:
+    """One annotated image: the engine's analysis of it and the human masks per label (at `shape`)."""
+
+    name: str
+    analysis: ImageAnalysis
+    truth: dict[str, np.ndarray]  # label -> bool [h, w]; a label not here is absent from the image
+    shape: tuple[int, int]  # (height, width) of the image and the masks
+
+
+@dataclass
+class Quality:
+    """How good the product's pre-labels are on some examples with some params."""
+
+    miou: float  # mIoU with background over all pixels of all examples
+    presence_f1: float  # image-level: a label is predicted when it gets a region
+    score_ece: float | None  # region scores against "this region's IoU with its label is at least 0.5"
+    examples: int
+
+    def beats(self, other: Quality) -> bool:
+        """Return whether this is better: mIoU higher, presence F1 not lower."""
+        return self.miou > other.miou + 1e-9 and self.presence_f1 >= other.presence_f1 - 1e-9
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"miou": self.miou, "presence_f1": self.presence_f1, "score_ece": self.score_ece,
+                "examples": self.examples}
+
+
+@dataclass
+class Fit:
+    """The outcome of one calibration: what was fitted, whether it is adopted, and the evidence."""
+
+    params: dict[str, Any]  # extra_params fitted on all examples (adopted or not)
+    adopted: bool
+    reason: str
+    current: Quality | None = None  # held-out, with the params in force before
+    fitted: Quality | None = None  # held-out, with the params each fold fitted
+    label_examples: dict[str, int] = field(default_factory=dict)  # annotated images per label
+    default_labels: list[str] = field(default_factory=list)  # too few examples: kept the global threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"params": self.params, "adopted": self.adopted, "reason": self.reason,
+                "held_out": {"current": self.current and self.current.to_dict(),
+                             "fitted": self.fitted and self.fitted.to_dict()},
+                "label_examples": self.label_examples, "default_labels": self.default_labels}
+
+
+def predicted_masks(example: Example, labels: Sequence[str], options: ProjectOptions,
+                    background_labels: Sequence[str] = ()) -> tuple[dict[str, np.ndarray], list[tuple[str, float, np.ndarray]]]:
+    """Return the product's masks per label for one example, and its regions as (label, score, mask)."""
+    height, width = example.shape
+    regions = prelabel_regions(example.analysis, list(labels), (width, height),
+                               region_options(options, tuple(background_labels)), presence_options(options))
+    masks: dict[str, np.ndarray] = {}
+    for region in regions:
+        masks[region.label] = masks.get(region.label, np.zeros(example.shape, dtype=bool)) | region.mask
+    return masks, [(r.label, r.score, r.mask) for r in regions]
+
+
+def quality(examples: Sequence[Example], labels: Sequence[str], options: ProjectOptions,
+            background_labels: Sequence[str] = ()) -> Quality:
+    """Return the quality of the product's pre-labels with `options` on `examples`."""
+    return _tally(examples, labels, options, background_labels).quality()
+
+
+@dataclass
+class _Tally:
+    """Counts summed over examples, so that several folds pool into one figure."""
+
+    confusion: np.ndarray
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    examples: int = 0
+    scores: list[float] = field(default_factory=list)
+    hits: list[bool] = field(default_factory=list)
+
+    def __add__(self, other: _Tally) -> _Tally:
+        return _Tally(self.confusion + other.confusion, self.tp + other.tp, self.fp + other.fp, self.fn + other.fn,
+                      self.examples + other.examples, self.scores + other.scores, self.hits + other.hits)
+
+    def quality(self) -> Quality:
+        miou, _ = miou_from_confusion(self.confusion)
+        wrong = self.fp + self.fn
+        f1 = 2 * self.tp / (2 * self.tp + wrong) if self.tp + wrong else 1.0
+        return Quality(miou=float(miou or 0.0), presence_f1=float(f1),
+                       score_ece=expected_calibration_error(self.scores, self.hits), examples=self.examples)
+
+
+def _tally(examples: Sequence[Example], labels: Sequence[str], options: ProjectOptions,
+           background_labels: Sequence[str]) -> _Tally:
+    foreground = [label for label in labels if label not in background_labels]
+    n = len(foreground) + 1
+    tally = _Tally(np.zeros((n, n), dtype=np.int64), examples=len(examples))
+    for example in examples:
+        masks, regions = predicted_masks(example, labels, options, background_labels)
+        truth = class_map(example.truth, foreground, example.shape).ravel()
+        guess = class_map(masks, foreground, example.shape).ravel()
+        tally.confusion += np.bincount(truth * n + guess, minlength=n * n).reshape(n, n)
+        for label in foreground:
+            has_truth = label in example.truth and bool(example.truth[label].any())
+            has_guess = label in masks
+            tally.tp += has_truth and has_guess
+            tally.fp += has_guess and not has_truth
+            tally.fn += has_truth and not has_guess
+        for label, score, mask in regions:
+            gt = example.truth.get(label)
+            overlap = int((mask & gt).sum()) if gt is not None else 0
+            union = int((mask | gt).sum()) if gt is not None else int(mask.sum())
+            tally.scores.append(score)
+            tally.hits.append(union > 0 and overlap / union >= 0.5)
+    return tally
+
+
+def expected_calibration_error(scores: Sequence[float], hits: Sequence[bool], bins: int = ECE_BINS) -> float | None:
+    """Return the ECE of scores in [0, 1] against outcomes (equal-width bins, weighted by count); None if empty."""
+    if not len(scores):
+        return None
+    s, h = np.asarray(scores, dtype=np.float64), np.asarray(hits, dtype=np.float64)
+    which = np.minimum((s * bins).astype(int), bins - 1)
+    gaps = [abs(s[which == b].mean() - h[which == b].mean()) * (which == b).sum() for b in range(bins) if (which == b).any()]
+    return float(sum(gaps) / len(s))
+
+
+def label_examples(examples: Sequence[Example], labels: Sequence[str]) -> dict[str, int]:
+    """Return per label how many examples have a non-empty human mask of it."""
+    return {label: sum(1 for e in examples if label in e.truth and bool(e.truth[label].any())) for label in labels}
+
+
+def search(examples: Sequence[Example], labels: Sequence[str], base: ProjectOptions, start: Mapping[str, Any],
+           *, background_labels: Sequence[str] = (), min_examples: int = DEFAULT_MIN_EXAMPLES) -> dict[str, Any]:
+    """Return the extra params that maximise quality on `examples`, starting from `start` (applied on `base`)."""
+    params = dict(start)
+    best = quality(examples, labels, base.with_params(params), background_labels)
+    for key, values in GRID.items():  # one knob at a time, the others held at their best so far
+        for value in values:
+            trial = {**params, key: value}
+            got = quality(examples, labels, base.with_params(trial), background_labels)
+            if got.miou > best.miou + 1e-9:
+                params, best = trial, got
+    per_label = _label_thresholds(examples, labels, base.with_params(params), background_labels, min_examples)
+    if per_label:
+        trial = {**params, "label_presence_thresholds": per_label}
+        got = quality(examples, labels, base.with_params(trial), background_labels)
+        if got.miou >= best.miou - 1e-9:
+            params = trial
+    return params
+
+
+def _label_thresholds(examples: Sequence[Example], labels: Sequence[str], options: ProjectOptions,
+                      background_labels: Sequence[str], min_examples: int) -> dict[str, float]:
+    """Return presence thresholds, for each label with enough annotated images, that maximise its presence F1."""
+    counts = label_examples(examples, labels)
+    eligible = [label for label in labels if label not in background_labels and counts[label] >= min_examples]
+    if not eligible:
+        return {}
+    wanted = [i for i, label in enumerate(labels) if label not in background_labels]
+    foreground = [labels[i] for i in wanted]
+    presence = presence_options(options)
+    rows = []  # per example: probability per foreground label
+    for example in examples:
+        sub = _subset(example.analysis, wanted)
+        rows.append(decide_presence(sub, foreground, presence)[1])
+    probability = np.array(rows)
+    chosen: dict[str, float] = {}
+    for label in eligible:
+        column = probability[:, foreground.index(label)]
+        present = np.array([label in e.truth and bool(e.truth[label].any()) for e in examples])
+        f1 = [_f1(column >= t, present) for t in LABEL_THRESHOLDS]
+        chosen[label] = float(LABEL_THRESHOLDS[int(np.argmax(f1))])
+    return chosen
+
+
+def _subset(analysis: ImageAnalysis, keep: list[int]) -> ImageAnalysis:
+    return replace(analysis, maps=analysis.maps[keep], label_scores=analysis.label_scores[keep])
+
+
+def _f1(predicted: np.ndarray, actual: np.ndarray) -> float:
+    tp = int((predicted & actual).sum())
+    wrong = int((predicted ^ actual).sum())
+    return 2 * tp / (2 * tp + wrong) if tp + wrong else 1.0
+
+
+def folds(count: int, k: int = FOLDS) -> list[np.ndarray]:
+    """Return k held-out index sets covering range(count) (interleaved, so no fold is one batch of uploads)."""
+    k = max(2, min(k, count))
+    return [np.arange(start, count, k) for start in range(k)]
+
+
+def fit(examples: Sequence[Example], labels: Sequence[str], base: ProjectOptions, current: Mapping[str, Any],
+        *, background_labels: Sequence[str] = (), min_examples: int = DEFAULT_MIN_EXAMPLES) -> Fit:
+    """Return the calibration of `base` (the project's options without calibration) on `examples`.
+
+    `current`: the calibrated params in force now ({} when none), the ones a fit must beat on held-out
+    examples. Raises nothing on poor data: a fit that cannot be judged is simply not adopted, with the reason.
+    """
+    counts = label_examples(examples, labels)
+    foreground = [label for label in labels if label not in background_labels]
+    few = [label for label in foreground if counts[label] < min_examples]
+    if len(examples) < min_examples:
+        return Fit(params=dict(current), adopted=False, label_examples=counts, default_labels=few,
+                   reason=f"{len(examples)} usable annotated image(s); calibration needs at least {min_examples}")
+    held_current, held_fitted = [], []
+    for held in folds(len(examples)):
+        train = [e for i, e in enumerate(examples) if i not in set(held.tolist())]
+        test = [examples[i] for i in held]
+        fold_params = search(train, labels, base, current, background_labels=background_labels,
+                             min_examples=min_examples)
+        held_current.append((test, dict(current)))
+        held_fitted.append((test, fold_params))
+    current_q = _pooled(held_current, labels, base, background_labels)
+    fitted_q = _pooled(held_fitted, labels, base, background_labels)
+    params = search(examples, labels, base, current, background_labels=background_labels, min_examples=min_examples)
+    if fitted_q.beats(current_q):
+        reason = (f"held-out mIoU {current_q.miou:.3f} -> {fitted_q.miou:.3f}, presence F1 "
+                  f"{current_q.presence_f1:.3f} -> {fitted_q.presence_f1:.3f} ({len(examples)} images, "
+                  f"{len(folds(len(examples)))}-fold)")
+        return Fit(params, True, reason, current_q, fitted_q, counts, few)
+    reason = (f"not adopted: held-out mIoU {current_q.miou:.3f} -> {fitted_q.miou:.3f}, presence F1 "
+              f"{current_q.presence_f1:.3f} -> {fitted_q.presence_f1:.3f}; the parameters in force stay")
+    return Fit(params, False, reason, current_q, fitted_q, counts, few)
+
+
+def _pooled(parts: list[tuple[list[Example], dict[str, Any]]], labels: Sequence[str], base: ProjectOptions,
+            background_labels: Sequence[str]) -> Quality:
+    """Return one quality over all held-out folds, each predicted with its own params, pixels pooled."""
+    tallies = [_tally(test, labels, base.with_params(params), background_labels) for test, params in parts]
+    total = tallies[0]
+    for tally in tallies[1:]:
+        total = total + tally
+    return total.quality()

@@ -1,0 +1,124 @@
+"""The calibration job a worker runs: a Label Studio project's annotations -> examples -> fit -> a new version.
+
+Pipeline: claim the project's fit lock -> Label Studio: the project's label config (vocabulary) and its
+tasks with annotations (paged) -> per task, the annotation that counts (`evaluation.annotations`), its
+brush / polygon / rectangle results decoded to masks, the image fetched like any task's and analysed by
+this worker's engine -> `fit.fit` against the calibration in force -> when adopted, a new version
+(`jobqueue.calibrations.add_version`) -> status "done" with the report; the lock is freed in every case.
+
+Masks and maps are fitted at a reduced size (longest side FIT_SIDE): the knobs fitted are thresholds on
+probabilities, which do not depend on the pixel count, and the fit reruns the regions dozens of times.
+A task that cannot be used (no submitted annotation, an image that no longer downloads, results that do
+not decode) is listed in the report with the reason and skipped; nothing stops the fit but a project with
+too few usable tasks, which the report says too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from rq import get_current_job
+
+from backend.calibration.fit import DEFAULT_MIN_EXAMPLES, Example, fit
+from backend.evaluation.annotations import pick_annotation, results_to_masks
+from backend.jobqueue import calibrations
+from backend.jobqueue import queues as rq_queue
+from backend.jobqueue.jobs import image_url_of
+from backend.jobqueue.worker import state
+from backend.labelstudio import images
+from backend.labelstudio.label_config import Vocabulary, parse_label_config
+from backend.options import ProjectOptions
+
+log = logging.getLogger("gem_labeler.calibration")
+FIT_SIDE = 320
+
+
+def run(payload: dict[str, Any]) -> dict[str, Any]:
+    """Calibrate one project (RQ job); return the fit's report (also kept in the project's status)."""
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("the calibration job runs inside an RQ worker")
+    conn, prefix, project = job.connection, payload["prefix"], str(payload["project"])
+    held = calibrations.claim(conn, prefix, project, job.id)
+    if held is not None:
+        message = f"project {project}: calibration job {held} is running; this one ({job.id}) was not started"
+        calibrations.set_status(conn, prefix, project, state="refused", message=message)
+        return {"refused": message}
+    try:
+        calibrations.set_status(conn, prefix, project, state="running", job_id=job.id, step="reading tasks",
+                                done=0, total=0, started=time.time(), report=None, message="")
+        report = _calibrate(conn, prefix, project, payload)
+        calibrations.set_status(conn, prefix, project, state="done", step="finished", report=report,
+                                message=report["reason"], finished=time.time())
+        return report
+    except Exception as exc:
+        calibrations.set_status(conn, prefix, project, state="failed", message=f"{type(exc).__name__}: {exc}",
+                                finished=time.time())
+        raise
+    finally:
+        calibrations.release(conn, prefix, project, job.id)
+
+
+def _calibrate(conn: Any, prefix: str, project: str, payload: dict[str, Any]) -> dict[str, Any]:
+    st = state()
+    client = st.ls_client()
+    if client is None:
+        raise RuntimeError("calibration reads the project's annotations from Label Studio: set LABEL_STUDIO_URL "
+                           "and LABEL_STUDIO_API_KEY for the workers")
+    project_id = int(project)
+    vocabulary = parse_label_config(client.get_project(project_id).get("label_config"))
+    extra = (rq_queue.load_project(conn, prefix, project) or {}).get("extra_params") or {}
+    base = ProjectOptions.from_settings(st.settings, extra)
+    current = calibrations.active_params(conn, prefix, project)
+    tasks = [t for t in client.iter_tasks(project_id, int(payload.get("page_size") or 100), fields="all")
+             if pick_annotation(t.get("annotations") or []) is not None]
+    skipped: dict[str, str] = {}
+    problems: dict[str, list[str]] = {}
+    examples: list[Example] = []
+    engine = st.engines.get(base)
+    for done, task in enumerate(tasks):
+        calibrations.set_status(conn, prefix, project, step="computing maps", done=done, total=len(tasks))
+        name = f"task {task.get('id')}"
+        try:
+            example, found = _example(task, vocabulary, base, engine, st.settings, client)
+        except (images.ImageError, ValueError) as exc:
+            skipped[name] = str(exc)
+            continue
+        examples.append(example)
+        if found:
+            problems[name] = found
+    calibrations.set_status(conn, prefix, project, step="fitting", done=len(tasks), total=len(tasks))
+    min_examples = int(payload.get("min_examples") or DEFAULT_MIN_EXAMPLES)
+    result = fit(examples, list(vocabulary.labels), base, current, background_labels=vocabulary.background,
+                 min_examples=min_examples)
+    report = {**result.to_dict(), "project": project, "annotated_tasks": len(tasks), "used": len(examples),
+              "skipped": skipped, "problems": problems, "previous_params": current}
+    if not examples and not tasks:
+        report["reason"] = "the project has no task with a submitted annotation: annotate some tasks first"
+    if result.adopted:
+        report["version"] = calibrations.add_version(conn, prefix, project, result.params, _summary(report))
+    log.info("project %s: calibration %s", project, report["reason"])
+    return report
+
+
+def _example(task: dict[str, Any], vocabulary: Vocabulary, base: ProjectOptions, engine: Any, settings: Any,
+             client: Any) -> tuple[Example, list[str]]:
+    """Return one task's example (its image analysed, its annotation as masks) and the problems found."""
+    annotation = pick_annotation(task.get("annotations") or [])
+    results = (annotation or {}).get("result") or []
+    image = images.load_task_image(image_url_of(task, vocabulary), settings, task_id=task.get("id"),
+                                   project_id=task.get("project"), ls_client=client)
+    width, height = image.size
+    scale = min(1.0, FIT_SIDE / max(width, height))
+    shape = (max(1, round(height * scale)), max(1, round(width * scale)))
+    decoded = results_to_masks(results, shape, vocabulary.labels, ignored=vocabulary.background)
+    truth = {label: mask for label, mask in decoded.masks.items() if mask.any()}
+    analysis = engine.analyze([image], [list(p) for p in vocabulary.prompts], base.background_prompts)[0]
+    return Example(f"task {task.get('id')}", analysis, truth, shape), decoded.problems
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    """Return the part of a report kept with its version (the per-task lists stay in the status only)."""
+    return {k: report[k] for k in ("reason", "held_out", "label_examples", "default_labels", "used", "annotated_tasks")}

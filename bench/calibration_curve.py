@@ -1,0 +1,147 @@
+"""Calibration from K annotated images: held-out quality against the uncalibrated default, K = 10, 25, 50.
+
+On the project's own fixture (tests/scenes.py scenes, the trained tiny CLIP of bench/localization.py),
+a simulated project with the fixed 36-label vocabulary (colour + shape names, most absent from each
+scene) or the 6 colour labels: K scenes of a training seed are "annotated" with their ground truth,
+`backend.calibration.fit.fit` calibrates the product's defaults on them (cross-validated adoption), and
+the params it returns (the defaults when not adopted, as the product would keep them) pre-label held-out
+scenes of another seed. Each K is repeated with `--repeats` disjoint draws of annotated scenes.
+
+Rows per vocabulary: all-background (predict nothing), default (uncalibrated), calibrated (mean over
+repeats, with the worst repeat), oracle presence (told which labels are present; the default's masks).
+Figures: mIoU with background over all pixels (the fit's own objective), image-level presence F1,
+region score ECE (10 bins; a region counts as right when its IoU with its label is at least 0.5).
+
+    .venv/bin/python bench/calibration_curve.py [--held-out 200] [--ks 10,25,50] [--repeats 3]
+
+Prints a table, writes the curve as a PNG when --plot is given, and prints the figures last as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from backend.calibration.fit import Example, Quality, fit, quality  # noqa: E402
+from backend.options import ProjectOptions  # noqa: E402
+from bench.localization import HELD_OUT_SEED  # noqa: E402
+from bench.prelabel_quality import VOCABULARIES, analyze  # noqa: E402
+
+TRAINING_SEED = 777  # annotated scenes are drawn from this seed; figures come from HELD_OUT_SEED's scenes
+
+
+def examples(vocabulary: str, seed: int, count: int, background: tuple[str, ...]) -> list[Example]:
+    cases, _ = analyze("gem", vocabulary, seed, count, background)
+    return [Example(f"scene {i}", c.analysis, c.truth, (c.size[1], c.size[0])) for i, c in enumerate(cases)]
+
+
+def oracle_quality(held_out: list[Example], labels: list[str], options: ProjectOptions) -> Quality:
+    """Return the default's quality when presence is told: absent labels' scores forced far below background."""
+    told = []
+    for e in held_out:
+        scores = np.where([label in e.truth for label in labels], 1.0, -1.0).astype(np.float32)
+        told.append(replace(e, analysis=replace(e.analysis, label_scores=scores,
+                                                maps=e.analysis.maps)))
+    return quality(told, labels, options.with_params({"presence": "image"}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--held-out", type=int, default=200, help="held-out scenes (default 200)")
+    parser.add_argument("--ks", default="10,25,50", help="annotated images per fit (default 10,25,50)")
+    parser.add_argument("--repeats", type=int, default=3, help="disjoint draws of annotated scenes per K")
+    parser.add_argument("--vocabularies", default="full-36,colors-6")
+    parser.add_argument("--plot", type=Path, help="write the curve to this PNG")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    ks = [int(k) for k in args.ks.split(",")]
+    base = ProjectOptions()
+    background = tuple(base.background_prompts)
+    figures: dict[str, object] = {"held_out": args.held_out, "ks": ks, "repeats": args.repeats}
+    lines = ["| vocabulary | row | K | mIoU (x default) | worst repeat mIoU | presence F1 | score ECE | adopted |",
+             "|" + " --- |" * 8]
+    curves = {}
+    for vocabulary in args.vocabularies.split(","):
+        labels = VOCABULARIES[vocabulary][0]
+        held_out = examples(vocabulary, HELD_OUT_SEED, args.held_out, background)
+        pool = examples(vocabulary, TRAINING_SEED, max(ks) * args.repeats, background)
+        default = quality(held_out, labels, base)
+        nothing = quality(held_out, labels, base.with_params({"presence_threshold": 1.0, "presence": "image"}))
+        told = oracle_quality(held_out, labels, base)
+        rows = {"all-background": nothing, "default": default, "oracle presence": told}
+        for name, q in rows.items():
+            lines.append(f"| {vocabulary} | {name} | - | {q.miou:.3f} ({q.miou / default.miou:.2f}x) | - | "
+                         f"{q.presence_f1:.3f} | {_cell(q.score_ece)} | - |")
+        figures[vocabulary] = {name: q.to_dict() for name, q in rows.items()}
+        curve = []
+        for k in ks:
+            runs = []
+            for r in range(args.repeats):
+                started = time.perf_counter()
+                annotated = pool[r * k:(r + 1) * k]
+                result = fit(annotated, labels, base, {})
+                params = result.params if result.adopted else {}
+                got = quality(held_out, labels, base.with_params(params))
+                runs.append((got, result.adopted, time.perf_counter() - started, params))
+                print(f"{vocabulary} K={k} repeat {r}: {result.reason}; held-out mIoU {got.miou:.3f} "
+                      f"(default {default.miou:.3f}); params {params}", flush=True)
+            mean = float(np.mean([q.miou for q, *_ in runs]))
+            worst = float(min(q.miou for q, *_ in runs))
+            f1 = float(np.mean([q.presence_f1 for q, *_ in runs]))
+            eces = [q.score_ece for q, *_ in runs if q.score_ece is not None]
+            ece = float(np.mean(eces)) if eces else None
+            adopted = sum(a for _, a, *_ in runs)
+            lines.append(f"| {vocabulary} | calibrated | {k} | {mean:.3f} ({mean / default.miou:.2f}x) | "
+                         f"{worst:.3f} ({worst / default.miou:.2f}x) | {f1:.3f} | {_cell(ece)} | "
+                         f"{adopted}/{args.repeats} |")
+            curve.append({"k": k, "miou": mean, "worst_miou": worst, "ratio": mean / default.miou,
+                          "worst_ratio": worst / default.miou, "presence_f1": f1, "score_ece": ece,
+                          "adopted": adopted, "fit_seconds": float(np.mean([s for *_, s, _ in runs]))})
+        curves[vocabulary] = (default.miou, nothing.miou, told.miou, curve)
+        figures[vocabulary]["curve"] = curve
+    print("\n".join(lines))
+    if args.plot:
+        _plot(curves, args.plot)
+        print(f"wrote {args.plot}")
+    print(json.dumps(figures, separators=(",", ":")))
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _plot(curves: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6), squeeze=False)
+    for ax, (vocabulary, (default, nothing, told, curve)) in zip(axes[0], curves.items(), strict=True):
+        ks = [c["k"] for c in curve]
+        ax.plot(ks, [c["miou"] for c in curve], "o-", label="calibrated (mean)")
+        ax.plot(ks, [c["worst_miou"] for c in curve], "v:", label="calibrated (worst draw)")
+        for value, name, style in ((default, "default", "--"), (told, "oracle presence", "-."),
+                                   (nothing, "all-background", ":")):
+            ax.axhline(value, linestyle=style, color="grey", label=name)
+        ax.set(title=vocabulary, xlabel="annotated images K", ylabel="held-out mIoU with background")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Calibration: the fit's figures against hand-computed cases, its adoption rule on synthetic analyses whose
+defaults are miscalibrated (or not), and the Redis store's versions, rollback and lock."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import numpy as np
+import pytest
+import redis
+
+from backend.calibration.fit import (
+    Example,
+    expected_calibration_error,
+    fit,
+    folds,
+    label_examples,
+    quality,
+)
+from backend.jobqueue import calibrations
+from backend.options import ProjectOptions
+from gem_engine.engine import ImageAnalysis
+
+LABELS = ["a", "b", "c", "d"]
+SIDE = 32  # image side; maps are 8 x 8, one patch per 4 x 4 pixels
+BACKGROUND_COSINE = 0.25
+BASE = ProjectOptions().with_params({"presence": "image"})
+
+
+def scene(rng: np.random.Generator, present: str, absent_probability: dict[str, float],
+          present_probability: float = 0.99) -> Example:
+    """A 32 x 32 image holding one object of `present` (an 8-16 px square); each absent label's map has a
+    spurious 2 x 2 patch peak above the background, and its image score makes its presence probability
+    (two-way softmax at scale 100 against the background) what is asked."""
+    size = int(rng.integers(2, 5))  # in patches
+    row, col = (int(v) for v in rng.integers(0, 8 - size, 2))
+    object_patches = np.zeros((8, 8), dtype=bool)
+    object_patches[row:row + size, col:col + size] = True
+    maps = np.full((len(LABELS), 8, 8), 0.10, dtype=np.float32) + rng.normal(0, 0.005, (len(LABELS), 8, 8)).astype(np.float32)
+    for index, label in enumerate(LABELS):  # an absent label's map peaks somewhere too (over the background)
+        if label != present:
+            r, c = (int(v) for v in rng.integers(0, 6, 2))
+            maps[index, r:r + 2, c:c + 2] = 0.25
+    maps[LABELS.index(present)][object_patches] = 0.30
+    background = np.where(object_patches, 0.10, 0.20)[None].astype(np.float32)
+
+    def cosine(p: float) -> float:  # the image score whose presence probability is p
+        return BACKGROUND_COSINE + float(np.log(p / (1 - p))) / 100.0
+
+    scores = np.array([cosine(present_probability) if label == present else cosine(absent_probability[label])
+                       for label in LABELS], dtype=np.float32)
+    analysis = ImageAnalysis(maps=maps, background_maps=background, label_scores=scores,
+                             background_scores=np.array([BACKGROUND_COSINE], dtype=np.float32), logit_scale=100.0)
+    truth = {present: np.kron(object_patches, np.ones((4, 4), dtype=bool))}
+    return Example(f"{present} {row},{col}", analysis, truth, (SIDE, SIDE))
+
+
+def scenes(seed: int, count: int, absent: dict[str, float]) -> list[Example]:
+    rng = np.random.default_rng(seed)
+    return [scene(rng, LABELS[i % len(LABELS)], absent) for i in range(count)]
+
+
+def test_quality_of_predicting_nothing_is_the_hand_computed_all_background_figure():
+    example = scenes(0, 1, dict.fromkeys(LABELS, 0.5))[0]
+    object_pixels = int(example.truth["a"].sum())
+    got = quality([example], LABELS, BASE.with_params({"presence_threshold": 1.0, "presence": "image"}))
+    # Classes that occur: background (predicted everywhere) and "a" (annotated, never predicted).
+    assert got.miou == pytest.approx(((SIDE * SIDE - object_pixels) / (SIDE * SIDE) + 0.0) / 2)
+    assert got.presence_f1 == 0.0 and got.score_ece is None and got.examples == 1
+
+
+def test_quality_counts_an_absent_label_given_a_region_as_a_false_positive():
+    example = scenes(0, 1, dict.fromkeys(LABELS, 0.01))[0]
+    clean = quality([example], LABELS, BASE)
+    assert clean.presence_f1 == 1.0  # the present label found, nothing else
+    noisy = scenes(0, 1, {**dict.fromkeys(LABELS, 0.01), "b": 0.9})[0]
+    got = quality([noisy], LABELS, BASE)
+    assert got.presence_f1 == pytest.approx(2 / 3)  # one true positive, one false positive: 2 / (2 + 1)
+    assert got.miou < clean.miou
+
+
+def test_expected_calibration_error_by_hand():
+    # Bins of width 0.1: 0.95 (hit) in bin 9, 0.15 (miss) in bin 1: (|0.95 - 1| + |0.15 - 0|) / 2.
+    assert expected_calibration_error([0.95, 0.15], [True, False]) == pytest.approx(0.1)
+    # Two scores in one bin: |mean score - hit rate| weighted by the bin's share.
+    assert expected_calibration_error([0.62, 0.68], [True, False]) == pytest.approx(0.15)
+    assert expected_calibration_error([], []) is None
+
+
+def test_folds_hold_every_example_out_exactly_once():
+    for count in (2, 5, 7, 26):
+        held = np.concatenate(folds(count))
+        assert sorted(held.tolist()) == list(range(count))
+        assert len(folds(count)) == min(3, count)
+
+
+def test_a_miscalibrated_default_is_fitted_and_adopted_and_improves_new_images():
+    # Absent labels score 0.7: above the default threshold 0.5, so each image gets three wrong labels.
+    absent = dict.fromkeys(LABELS, 0.7)
+    result = fit(scenes(1, 24, absent), LABELS, BASE, {})
+    assert result.adopted, result.reason
+    assert result.params["presence_threshold"] > 0.7
+    assert result.fitted.miou > result.current.miou and result.fitted.presence_f1 > result.current.presence_f1
+    fresh = scenes(2, 40, absent)
+    before, after = quality(fresh, LABELS, BASE), quality(fresh, LABELS, BASE.with_params(result.params))
+    assert after.miou > 1.5 * before.miou
+    # Before: up to three wrong labels per image (2 / (2 + 3) = 0.4 when every spurious peak shows).
+    assert after.presence_f1 == 1.0 and before.presence_f1 < 0.5
+
+
+def test_a_well_calibrated_default_is_not_replaced():
+    examples = scenes(3, 24, dict.fromkeys(LABELS, 0.01))
+    result = fit(examples, LABELS, BASE, {})
+    assert not result.adopted and "not adopted" in result.reason
+    assert result.fitted.miou <= result.current.miou + 1e-9 or result.fitted.presence_f1 < result.current.presence_f1
+
+
+def test_too_few_annotated_images_keep_the_params_in_force():
+    current = {"presence_threshold": 0.6}
+    result = fit(scenes(4, 3, dict.fromkeys(LABELS, 0.7)), LABELS, BASE, current, min_examples=5)
+    assert not result.adopted and result.params == current
+    assert "3 usable annotated image(s); calibration needs at least 5" == result.reason
+
+
+def test_only_labels_with_enough_examples_get_their_own_presence_threshold():
+    # "a" is absent at 0.85 (needs its own high threshold), the others at 0.05. 32 scenes: 8 per label.
+    absent = {"a": 0.85, "b": 0.05, "c": 0.05, "d": 0.05}
+    rng = np.random.default_rng(5)
+    examples = [scene(rng, LABELS[i % 4], absent) for i in range(32)]
+    counts = label_examples(examples, LABELS)
+    assert counts == dict.fromkeys(LABELS, 8)
+    result = fit(examples, LABELS, BASE, {}, min_examples=8)
+    assert result.adopted, result.reason
+    assert result.default_labels == []
+    thresholds = dict(result.params.get("label_presence_thresholds") or {})
+    assert thresholds.get("a", result.params.get("presence_threshold", 0.5)) > 0.85
+    strict = fit(examples, LABELS, BASE, {}, min_examples=9)
+    assert strict.default_labels == LABELS and "label_presence_thresholds" not in strict.params
+
+
+def test_a_background_label_of_the_config_is_never_fitted_or_scored():
+    absent = dict.fromkeys(LABELS, 0.7)
+    examples = scenes(6, 12, absent)
+    with_background = quality(examples, LABELS, BASE, background_labels=["d"])
+    assert with_background.presence_f1 != quality(examples, LABELS, BASE).presence_f1
+    result = fit(examples, LABELS, BASE, {}, background_labels=["d"], min_examples=1)
+    assert "d" not in dict(result.params.get("label_presence_thresholds") or {})
+
+
+# ------------------------------------------------------------------------------------------------ store
+
+
+@pytest.fixture()
+def conn(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture()
+def prefix(conn):
+    name = f"cal{uuid.uuid4().hex[:8]}"
+    yield name
+    for key in conn.scan_iter(match=f"{name}:*"):
+        conn.delete(key)
+
+
+def test_versions_are_numbered_activated_and_rolled_back(conn, prefix):
+    assert calibrations.active_params(conn, prefix, "7") == {}
+    assert calibrations.add_version(conn, prefix, "7", {"presence_threshold": 0.7}, {"reason": "first"}) == 1
+    assert calibrations.add_version(conn, prefix, "7", {"presence_threshold": 0.8}, {"reason": "second"}) == 2
+    assert calibrations.active_params(conn, prefix, "7") == {"presence_threshold": 0.8}
+    assert calibrations.active_params(conn, prefix, "8") == {}  # per project
+    assert calibrations.rollback(conn, prefix, "7") == 1
+    assert calibrations.active_params(conn, prefix, "7") == {"presence_threshold": 0.7}
+    assert calibrations.rollback(conn, prefix, "7") == 0
+    assert calibrations.active_params(conn, prefix, "7") == {}
+    with pytest.raises(ValueError, match="nothing to roll back"):
+        calibrations.rollback(conn, prefix, "7")
+    assert calibrations.rollback(conn, prefix, "7", to=2) == 2
+    with pytest.raises(ValueError, match=r"no calibration version 5 \(stored: \[1, 2\]\)"):
+        calibrations.rollback(conn, prefix, "7", to=5)
+    history = calibrations.history(conn, prefix, "7")
+    assert [v["version"] for v in history["versions"]] == [1, 2] and history["active"] == 2
+    assert json.loads(json.dumps(history)) == history  # exportable as it is
+
+
+def test_project_params_put_the_calibration_over_the_projects_own(conn, prefix):
+    from backend.jobqueue import queues as rq_queue
+
+    rq_queue.save_project(conn, prefix, "3", {"label_config": "<View/>", "extra_params": {
+        "presence_threshold": 0.4, "method": "gem"}}, 60)
+    assert calibrations.project_params(conn, prefix, "3") == {"presence_threshold": 0.4, "method": "gem"}
+    calibrations.add_version(conn, prefix, "3", {"presence_threshold": 0.75}, {})
+    assert calibrations.project_params(conn, prefix, "3") == {"presence_threshold": 0.75, "method": "gem"}
+    assert calibrations.project_params(conn, prefix, "3", {"logit_scale": 50}) == {
+        "logit_scale": 50, "presence_threshold": 0.75}
+
+
+def test_one_fit_per_project_holds_the_lock(conn, prefix):
+    assert calibrations.claim(conn, prefix, "5", "job-1") is None
+    assert calibrations.claim(conn, prefix, "5", "job-1") is None  # the same job again (re-run after a death)
+    assert calibrations.claim(conn, prefix, "5", "job-2") == "job-1"
+    assert calibrations.claim(conn, prefix, "6", "job-2") is None  # another project
+    calibrations.release(conn, prefix, "5", "job-2")  # not the holder: nothing happens
+    assert calibrations.holder(conn, prefix, "5") == "job-1"
+    calibrations.release(conn, prefix, "5", "job-1")
+    assert calibrations.holder(conn, prefix, "5") is None
