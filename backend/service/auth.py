@@ -5,8 +5,9 @@ asks for into Label Studio; an open API would let anyone who reaches it do that 
 deputy). So an API with that key refuses to start unless callers must prove who they are:
 - BASIC_AUTH_USER/BASIC_AUTH_PASS: every route needs them (Label Studio sends them from the model
   connection's auth fields);
-- WEBHOOK_SECRET: /webhook needs the header X-Webhook-Secret (Label Studio sends a webhook's custom headers);
-  basic auth, when also set, is accepted there too;
+- WEBHOOK_SECRET: /webhook and /train (both change what the workers do for a project: pre-label new tasks,
+  replace its calibration) need the header X-Webhook-Secret (Label Studio sends a webhook's custom
+  headers); basic auth, when also set, is accepted there too;
 or the operator opts out with ALLOW_UNAUTHENTICATED=true.
 """
 
@@ -21,7 +22,8 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from backend.settings import Settings, SettingsError
 
 WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
-WEBHOOK_PATH = "/webhook"
+# Routes that change a project's state: under WEBHOOK_SECRET alone they need the secret.
+SECRET_PATHS = ("/webhook", "/train")
 
 
 def check_protection(settings: Settings) -> None:
@@ -51,7 +53,7 @@ def basic_auth(settings: Settings) -> Callable[..., None]:
     challenge = {"WWW-Authenticate": 'Basic realm="gem-labeler"'}
 
     def check_auth(request: Request, credentials: HTTPBasicCredentials | None = Depends(basic)) -> None:
-        if request.url.path == WEBHOOK_PATH and settings.webhook_secret:
+        if request.url.path in SECRET_PATHS and settings.webhook_secret:
             if _same(request.headers.get(WEBHOOK_SECRET_HEADER, ""), settings.webhook_secret):
                 return
             if not settings.auth_enabled:

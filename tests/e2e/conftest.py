@@ -113,6 +113,23 @@ def gem_backend(label_studio, tiny_vit_checkpoint, redis_url, tmp_path_factory) 
         backend.stop()
 
 
+@pytest.fixture(scope="session")
+def scenes_backend(gem_backend, tmp_path_factory) -> harness.Backend:
+    """A second `gem-labeler serve` with the trained scenes model (bench/localization.py), sharing Label
+    Studio and Redis, everything else at the product's defaults (presence included)."""
+    from bench import localization
+
+    assert localization.WEIGHTS.is_file(), f"the trained fixture {localization.WEIGHTS} is missing"
+    env = {k: v for k, v in gem_backend.env.items() if k not in ("HOST", "PORT", "DATA_DIR", "PRESENCE", "BACKGROUND_PROMPTS")}
+    env.update({"MODEL_NAME": localization.MODEL_NAME, "MODEL_CONFIG": str(localization.CONFIG),
+                "MODEL_PRETRAINED": str(localization.WEIGHTS), "QUEUE_PREFIX": f"e2e-scenes-{uuid.uuid4().hex[:8]}"})
+    backend = harness.start_backend(env, tmp_path_factory.mktemp("scenes-backend"), repo_root=REPO_ROOT)
+    try:
+        yield backend
+    finally:
+        backend.stop()
+
+
 @pytest.fixture()
 def ls_workdir(tmp_path) -> Path:
     """A folder for one test's images."""

@@ -2,43 +2,24 @@
 and gives none to labels whose object is not in the image.
 
 The random tiny ViT proves the plumbing; these tests run a second backend with the scenes model
-(tests/fixtures/models/scenes-vit.*, trained by scripts/train_tiny_clip.py on synthetic scenes) at the
-product's defaults and check, through Label Studio, that predicted brush masks land on the drawn objects
+(`scenes_backend` in conftest.py: tests/fixtures/models/scenes-vit.*, trained by scripts/train_tiny_clip.py
+on synthetic scenes) at the product's defaults and check, through Label Studio, that predicted brush masks land on the drawn objects
 far more often than chance (one project per scene, labelled with what it shows), and that with a fixed
 vocabulary, as a real project has, the labels that are not in an image get no region (GEM and Grad-CAM).
 """
 
 from __future__ import annotations
 
-import uuid
-
 import numpy as np
 import pytest
 
 from bench import localization
 from tests import scenes
-from tests.e2e import harness
 from tests.e2e.checks import brush_mask
-from tests.e2e.conftest import REPO_ROOT
 from tests.e2e.ls_rest import RETRIEVE_PREDICTIONS_ACTION, wait_for
 
 pytestmark = pytest.mark.e2e
 SCENES = 8
-
-
-@pytest.fixture(scope="module")
-def scenes_backend(gem_backend, tmp_path_factory):
-    """A second `gem-labeler serve` with the trained scenes model, sharing Label Studio and Redis."""
-    assert localization.WEIGHTS.is_file(), f"the trained fixture {localization.WEIGHTS} is missing"
-    # Everything at the product's defaults but the model (presence included).
-    env = {k: v for k, v in gem_backend.env.items() if k not in ("HOST", "PORT", "DATA_DIR", "PRESENCE", "BACKGROUND_PROMPTS")}
-    env.update({"MODEL_NAME": localization.MODEL_NAME, "MODEL_CONFIG": str(localization.CONFIG),
-                "MODEL_PRETRAINED": str(localization.WEIGHTS), "QUEUE_PREFIX": f"e2e-scenes-{uuid.uuid4().hex[:8]}"})
-    backend = harness.start_backend(env, tmp_path_factory.mktemp("scenes-backend"), repo_root=REPO_ROOT)
-    try:
-        yield backend
-    finally:
-        backend.stop()
 
 
 def _config(labels: list[str]) -> str:

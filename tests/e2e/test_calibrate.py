@@ -1,0 +1,109 @@
+"""Calibration started from Label Studio: "Start Training" on a project whose annotators drew the truth of
+its scenes makes the workers fit the project's thresholds, adopt them (held-out tasks improve), and the
+project's predictions carry the new model version; a rollback from the command line restores the old one.
+
+The project is miscalibrated on purpose (presence_threshold 0.05 in its extra params: nearly every colour
+label is judged present in every scene), so a working fit must raise the threshold. Bad input rides along:
+a task whose image no longer exists, an annotation naming a label outside the vocabulary, an empty brush.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import numpy as np
+import pytest
+
+from backend.cli import calibrate as cli
+from gem_engine.rle import encode_rle
+from tests import scenes
+from tests.e2e.ls_rest import RETRIEVE_PREDICTIONS_ACTION, wait_for
+
+pytestmark = pytest.mark.e2e
+LABELS = [scenes.mention(color, None) for color in scenes.COLORS]
+CONFIG = ('<View><Image name="image" value="$image"/><BrushLabels name="brush" toName="image">'
+          + "".join(f'<Label value="{label}"/>' for label in LABELS) + "</BrushLabels></View>")
+ANNOTATED = 12
+SEED = 515
+
+
+def _brush(label: str, mask: np.ndarray) -> dict:
+    height, width = mask.shape
+    return {"from_name": "brush", "to_name": "image", "type": "brushlabels", "original_width": width,
+            "original_height": height, "image_rotation": 0,
+            "value": {"format": "rle", "rle": encode_rle(mask), "brushlabels": [label]}}
+
+
+def _truth(scene: scenes.Scene) -> list[dict]:
+    masks: dict[str, np.ndarray] = {}
+    for obj in scene.objects:
+        label = scenes.mention(obj.color, None)
+        masks[label] = masks.get(label, np.zeros_like(obj.mask)) | obj.mask
+    return [_brush(label, mask) for label, mask in masks.items()]
+
+
+def _backend_version(backend, project: int) -> str:
+    reply = httpx.post(f"{backend.url}/predict", json={"project": project, "tasks": [], "label_config": CONFIG},
+                       auth=backend.basic_auth, timeout=30)
+    reply.raise_for_status()
+    return reply.json()["model_version"]
+
+
+def test_start_training_calibrates_the_project_and_a_rollback_restores_it(ls, label_studio, scenes_backend,
+                                                                           monkeypatch):
+    folder = f"calibrate-{uuid.uuid4().hex[:8]}"
+    (label_studio.files_root / folder).mkdir()
+    items = list(scenes.scenes(SEED, ANNOTATED + 1))
+    tasks = []
+    for index, scene in enumerate(items):
+        scene.image.save(label_studio.files_root / folder / f"scene-{index}.png")
+        data = {"image": f"/data/local-files/?d={folder}/scene-{index}.png"}
+        tasks.append({"data": data, "annotations": [{"result": _truth(scene)}]} if index < ANNOTATED else {"data": data})
+    blank = np.zeros(items[0].objects[0].mask.shape, dtype=bool)
+    tasks[0]["annotations"][0]["result"].append(_brush("zebra", items[0].objects[0].mask))
+    tasks[1]["annotations"][0]["result"].append(_brush(LABELS[0], blank))
+    tasks.append({"data": {"image": f"/data/local-files/?d={folder}/deleted.png"},
+                  "annotations": [{"result": _truth(items[2])}]})
+    project = ls.create_project("calibrate", CONFIG)
+    pid = project["id"]
+    ls.import_tasks(pid, tasks)
+    record = ls.connect_ml_backend(pid, scenes_backend.url, basic_auth=scenes_backend.basic_auth,
+                                   extra_params={"presence_threshold": 0.05})
+    assert record["state"] == "CO", record
+    before = _backend_version(scenes_backend, pid)
+
+    ls.call("POST", f"/api/ml/{record['id']}/train", json={}, expect=(200, 201))
+
+    def finished():
+        reply = httpx.get(f"{scenes_backend.url}/calibration/{pid}", auth=scenes_backend.basic_auth, timeout=30)
+        status = reply.json()["status"] or {}
+        return reply.json() if status.get("state") in ("done", "failed", "refused") else None
+
+    state = wait_for(finished, timeout_s=300, interval_s=1, what="the calibration Label Studio started")
+    status, report = state["status"], state["status"]["report"]
+    assert status["state"] == "done", status
+    assert report["annotated_tasks"] == ANNOTATED + 1 and report["used"] == ANNOTATED
+    [(skipped_task, why)] = report["skipped"].items()
+    assert "deleted.png" in why or "not found" in why.lower(), why
+    problems = [p for found in report["problems"].values() for p in found]
+    assert any("'zebra'" in p and "not in the vocabulary" in p for p in problems), problems
+    assert any("empty mask" in p for p in problems), problems
+    assert report["adopted"], report["reason"]
+    assert report["params"]["presence_threshold"] > 0.05
+    held = report["held_out"]
+    assert held["fitted"]["miou"] > held["current"]["miou"]
+    assert state["active"] == 1 and [v["version"] for v in state["versions"]] == [1]
+
+    after = _backend_version(scenes_backend, pid)
+    assert after != before
+    unlabeled = [t["id"] for t in ls.tasks(pid) if not t["annotations"]]
+    ls.run_action(pid, RETRIEVE_PREDICTIONS_ACTION, unlabeled)
+    predicted = wait_for(lambda: [p for t in unlabeled for p in ls.predictions(t)], timeout_s=120,
+                         what="a prediction after calibration")
+    assert {p["model_version"] for p in predicted} == {after}
+
+    monkeypatch.setenv("REDIS_URL", scenes_backend.env["REDIS_URL"])
+    monkeypatch.setenv("QUEUE_PREFIX", scenes_backend.env["QUEUE_PREFIX"])
+    assert cli.main(["--project", str(pid), "--rollback"]) == 0
+    assert _backend_version(scenes_backend, pid) == before
