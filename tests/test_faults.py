@@ -189,9 +189,10 @@ def test_redis_restart_mid_run_answers_503_then_completes(redis_server, tiny_vit
 
             try:
                 results = wait_for(all_finished, 180, "every task to finish after Redis returned", poll_s=1)
-            except AssertionError as exc:  # say which tasks stayed pending and what the worker did
-                log_tail = (tmp_path / "worker.log").read_text()[-4000:]
-                raise AssertionError(f"{exc}; still pending: {last}; worker log tail:\n{log_tail}") from None
+            except AssertionError as exc:  # say which tasks stayed pending, where their jobs are, what the worker did
+                raise AssertionError(f"{exc}; still pending: {last}\n"
+                                     f"{_job_whereabouts(conn, prefix, [p['job_id'] for p in last], tmp_path / 'worker.log')}"
+                                     ) from None
         assert len(results) == len(tasks)
         assert [r for r in results if "error" in r] == []
         assert result_count(conn, prefix) == len(tasks)
@@ -200,6 +201,84 @@ def test_redis_restart_mid_run_answers_503_then_completes(redis_server, tiny_vit
         if worker.poll() is None:
             worker.terminate()
             worker.wait(30)
+
+
+def test_after_a_redis_outage_a_failed_job_is_still_retried_after_its_backoff(redis_server, tiny_vit_checkpoint,
+                                                                             tmp_path):
+    """RQ's scheduler (a forked process) died with Redis and its successor waited ten minutes; the workers'
+    own reaps must queue a due retry within seconds of its backoff (2 s) after Redis is back."""
+    from backend.settings import Settings
+    from tests.loopback_http import QuietHandler, start_server
+    from tests.test_jobqueue_rules import _payload
+
+    requests: list[float] = []
+
+    class Busy(QuietHandler):
+        def do_GET(self):  # noqa: N802 (http.server API)
+            requests.append(time.monotonic())
+            self.reply(503, b"busy", "text/plain")
+
+    host = start_server(Busy, poll_interval=0.05)
+    prefix = f"s{uuid.uuid4().hex[:8]}"
+    extra = {"JOB_RETRIES": "1", "WORKER_BATCH_SIZE": "1", "ALLOWED_IMAGE_HOSTS": "127.0.0.1",
+             "ALLOW_PRIVATE_ADDRESSES": "true"}
+    files = tmp_path / "files"
+    files.mkdir()
+    env = worker_env(redis_server.url, prefix, tiny_vit_checkpoint, files, **extra)
+    conn = redis_server.client()
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        wait_for(lambda: rq_queue.worker_count(conn, prefix) or worker.poll() is not None, 120, "the worker")
+        redis_server.stop()
+        time.sleep(3)
+        redis_server.start()
+        wait_for(lambda: rq_queue.worker_count(conn, prefix) or worker.poll() is not None, 60, "the worker back")
+        settings = Settings.from_env({"REDIS_URL": redis_server.url, "QUEUE_PREFIX": prefix, **extra})
+        payload = _payload(settings, 1, f"http://127.0.0.1:{host.server_address[1]}/a.png")
+        assert rq_queue.enqueue(conn, settings, payload, interactive=False) == "enqueued"
+        try:
+            wait_for(lambda: len(requests) >= 2, 40, "the retry after the backoff")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {len(requests)} request(s)\n"
+                                 f"{_job_whereabouts(conn, prefix, [payload['job_id']], tmp_path / 'worker.log')}"
+                                 ) from None
+        assert requests[1] - requests[0] >= 2.0  # the backoff was kept
+        [stored] = rq_queue.read_stored(conn, prefix, [payload["job_id"]])
+        assert stored is None or "503" in stored.error
+        assert worker.poll() is None
+    finally:
+        host.shutdown()
+        host.server_close()
+        if worker.poll() is None:
+            worker.terminate()
+            worker.wait(30)
+
+
+def _job_whereabouts(conn, prefix: str, job_ids: list[str], worker_log) -> str:
+    """Return, per job, its RQ status, the registries holding it, its claim and attempts, and its log lines."""
+    lines = []
+    queues = rq_queue.get_queues(conn, prefix)
+    for ident in job_ids:
+        try:
+            status = Job.fetch(ident, connection=conn, serializer=JSONSerializer).get_status(refresh=True)
+        except Exception as exc:  # noqa: BLE001 (a diagnostic: say what fetching it did)
+            status = repr(exc)
+        where = [f"{q.name}:{name}" for q in queues for name, registry in (
+            ("queued", None), ("started", q.started_job_registry), ("scheduled", q.scheduled_job_registry),
+            ("failed", q.failed_job_registry), ("finished", q.finished_job_registry),
+            ("intermediate", None)) if (ident in q.get_job_ids() if name == "queued" else
+                                         ident in q.intermediate_queue.get_job_ids() if name == "intermediate" else
+                                         ident in registry.get_job_ids(cleanup=False))]
+        claim = rq_queue.key(prefix, "claim", ident)
+        lines.append(f"job {ident}: status {status}, in {where or 'no registry'}, claim "
+                     f"{conn.get(claim)!r} (ttl {conn.ttl(claim)}), attempts "
+                     f"{conn.get(rq_queue.key(prefix, 'attempts', ident))!r}")
+        lines += [f"  {line}" for line in worker_log.read_text().splitlines() if ident in line]
+    locks = {k.decode(): conn.get(k) for k in conn.scan_iter(match="rq:scheduler*")}
+    lines.append(f"scheduler keys: {locks}")
+    lines += [line for line in worker_log.read_text().splitlines()
+              if any(word in line for word in ("ERROR", "WARNING", "Redis is back", "listening", "cheduler"))]
+    return "\n".join(lines)
 
 
 class RecordingLabelStudio:

@@ -124,3 +124,28 @@ def test_reaped_jobs_go_back_at_the_front_of_their_queue(redis_url, conn, prefix
     assert batch.get_job_ids() == [ids[0], *ids[2:]]
     assert reaper.reap(conn, prefix) == [ids[1]]
     assert batch.get_job_ids() == [ids[1], ids[0], *ids[2:]]
+
+
+def test_due_retries_are_queued_by_reaps_once_and_not_before_their_time(redis_url, conn, prefix):
+    """A retry waits its backoff in RQ's scheduled registry; the workers' reaps queue it when it is due (no
+    RQ scheduler process, which dies with a Redis outage), each once whichever worker reaps first."""
+    from datetime import datetime, timedelta, timezone
+
+    settings = _settings(redis_url, prefix, 1)
+    ids = []
+    for task in range(3):
+        payload = _payload(settings, task, f"http://127.0.0.1:9/{task}.png")
+        assert rq_queue.enqueue(conn, settings, payload, interactive=False) == "enqueued"
+        ids.append(payload["job_id"])
+    batch = rq_queue.get_queues(conn, prefix)[1]
+    now = datetime.now(timezone.utc)
+    for job_id, when in ((ids[0], now - timedelta(seconds=1)), (ids[1], now + timedelta(hours=1))):
+        assert conn.lrem(batch.key, 1, job_id) == 1
+        batch.schedule_job(Job.fetch(job_id, connection=conn, serializer=JSONSerializer), when)
+    assert batch.get_job_ids() == [ids[2]]
+
+    assert reaper.reap(conn, prefix) == [ids[0]]
+    assert reaper.reap(conn, prefix) == []  # queued once
+    assert batch.get_job_ids() == [ids[2], ids[0]]
+    assert batch.scheduled_job_registry.get_job_ids() == [ids[1]]  # not due yet
+    assert Job.fetch(ids[0], connection=conn, serializer=JSONSerializer).get_status() == "queued"

@@ -8,12 +8,18 @@ and never a task. Each worker therefore keeps `<prefix>:alive:<worker name>` ali
 reaps: a started job whose execution names a worker without that key goes back to the front of its
 queue, and a batch claim held by such a worker is released. The ZREM of the registry entry decides
 which reaper re-queues a job, so two reapers never queue it twice.
+
+The same reaps queue the retries whose backoff has passed (RQ's ScheduledJobRegistry), instead of RQ's
+scheduler: that scheduler is a forked process that dies when Redis goes away, and its successor waits for
+its lock to lapse and for the worker's ten-minute maintenance round, so after a Redis outage a retried
+job sat scheduled for up to ten minutes. Here the ZREM decides again, and any live worker does it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import redis
 from rq.exceptions import NoSuchJobError
@@ -39,7 +45,7 @@ def mark_alive(conn: redis.Redis, prefix: str, worker_name: str) -> None:
 
 
 def reap(conn: redis.Redis, prefix: str) -> list[str]:
-    """Return the ids of jobs re-queued because the worker running them is dead; also free its claims."""
+    """Return the ids of jobs re-queued (their worker is dead, or their retry is due); free dead workers' claims."""
     requeued: list[str] = []
     for queue in rq_queue.get_queues(conn, prefix):
         registry = queue.started_job_registry
@@ -60,6 +66,7 @@ def reap(conn: redis.Redis, prefix: str) -> list[str]:
             requeued.append(job_id)
             log.warning("job %s re-queued: its worker %s died while running it", job_id, holder.decode())
         requeued += _reap_limbo(conn, prefix, queue)
+        requeued += _release_due(conn, queue)
     for claim in conn.scan_iter(match=rq_queue.key(prefix, "claim", "*"), count=500):
         holder = conn.get(claim)
         if holder and not conn.exists(alive_key(prefix, holder.decode())):
@@ -91,6 +98,23 @@ def _reap_limbo(conn: redis.Redis, prefix: str, queue: rq_queue.Queue) -> list[s
         requeued.append(job_id)
         log.warning("job %s re-queued: it was taken from the queue but never started", job_id)
     return requeued
+
+
+def _release_due(conn: redis.Redis, queue: rq_queue.Queue) -> list[str]:
+    """Queue the jobs of `queue` whose retry time has come (at the front when they were first queued so)."""
+    registry = queue.scheduled_job_registry
+    released = []
+    for job_id in registry.get_jobs_to_schedule(int(time.time())):
+        if not conn.zrem(registry.key, job_id):
+            continue  # another reaper took it
+        try:
+            job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
+        except NoSuchJobError:
+            continue
+        queue.enqueue_job(job, at_front=job.should_enqueue_at_front())
+        released.append(job_id)
+        log.info("job %s queued: its retry is due", job_id)
+    return released
 
 
 class Heartbeat:

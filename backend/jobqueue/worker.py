@@ -288,7 +288,8 @@ def main(settings: Settings, *, burst: bool = False) -> int:
         pusher = outbox.OutboxLoop(conn, settings).start() if settings.can_push else None
         log.info("worker %s listening on %s", worker.name, ", ".join(q.name for q in queues))
         try:
-            worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level)
+            # No RQ scheduler: the heartbeat's reaps queue due retries (see backend.jobqueue.reaper).
+            worker.work(burst=burst, with_scheduler=False, logging_level=settings.log_level)
         except redis.RedisError as exc:  # raised by RQ's own teardown when Redis is gone
             log.error("%s", rq_queue.describe_error(settings.redis_url, exc))
         finally:
