@@ -99,7 +99,50 @@ def test_folder_mode_bad_layout_is_a_clear_message(tmp_path, capsys):
     config.write_text(CONFIG)
     code = cli.main(["--folder", str(tmp_path / "nothing"), "--config", str(config), "--out", str(tmp_path / "o")])
     assert code == 2
-    assert "images/ and masks/" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "needs images/ and either masks/" in err and "annotations.json (COCO instances)" in err
+
+
+def test_folder_mode_reads_a_coco_file(tmp_path, tiny_vit_checkpoint, capsys):
+    from pycocotools import mask as coco_mask
+
+    folder = tmp_path / "coco"
+    (folder / "images").mkdir(parents=True)
+    for name, size in (("a.png", (40, 30)), ("b.png", (24, 24)), ("c.png", (16, 16))):
+        Image.fromarray(np.full((size[1], size[0], 3), 90, np.uint8)).save(folder / "images" / name)
+    remote = np.zeros((30, 40), np.uint8)
+    remote[20:30, 0:8] = 1  # 80 px
+    compressed = coco_mask.encode(np.asfortranarray(remote))
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30},
+                   {"id": 2, "file_name": "b.png", "width": 24, "height": 24}],  # c.png is not listed
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "remote control"}, {"id": 3, "name": "unicorn"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[10, 5, 20, 5, 20, 15, 10, 15]]},
+            {"id": 2, "image_id": 1, "category_id": 2,
+             "segmentation": {"size": [30, 40], "counts": compressed["counts"].decode()}},
+            {"id": 3, "image_id": 1, "category_id": 3, "segmentation": [[0, 0, 5, 0, 5, 5]]},
+            {"id": 4, "image_id": 2, "category_id": 1, "bbox": [2, 2, 4, 3]},  # no segmentation: its box
+            {"id": 5, "image_id": 9, "category_id": 1, "bbox": [0, 0, 1, 1]},
+        ],
+    }
+    (folder / "annotations.json").write_text(json.dumps(coco))
+    config = tmp_path / "config.xml"
+    config.write_text(CONFIG)
+    ck = tiny_vit_checkpoint
+    code = cli.main(["--folder", str(folder), "--config", str(config), "--out", str(tmp_path / "out"), "--json",
+                     "--no-progress", "--model", ck["model_name"], "--model-config", ck["model_config"],
+                     "--pretrained", ck["pretrained"], "--presence", "none"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0
+    assert report["images"] == 2 and report["skipped"] == {"c.png": "not listed in annotations.json"}
+    assert any("'unicorn'" in m for m in report["messages"])
+    assert any("annotation 4: unknown image_id" in m for m in report["messages"])
+    # Hand-computed annotated pixels: the polygon is 10 x 10 px (pycocotools' rasterisation), the RLE 80 px,
+    # the box 4 x 3 px.
+    assert report["labels"]["cat"]["annotated_pixels"] == 100 + 12
+    assert report["labels"]["remote control"]["annotated_pixels"] == 80
+    assert report["labels"]["cat"]["images_annotated"] == 2
 
 
 def _brush(label: str, mask: np.ndarray) -> dict:

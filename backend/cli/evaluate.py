@@ -30,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--folder", type=Path,
-                        help="FOLDER/images/*, FOLDER/masks/<stem>.png (pixel value = label index) and "
-                             "FOLDER/labels.txt or labels.json; pre-labels come from the folder pipeline")
+                        help="FOLDER/images/* with FOLDER/masks/<stem>.png (pixel value = label index) and "
+                             "FOLDER/labels.txt or labels.json, or with FOLDER/annotations.json (COCO instances); "
+                             "pre-labels come from the folder pipeline")
     source.add_argument("--project", type=int, help="Label Studio project id: its predictions against its annotations")
     parser.add_argument("--out", type=Path, required=True, help="output folder: report.json, report.png "
                         "(folder mode also prelabel/, the pipeline's state, reused by a rerun)")
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `gem-labeler evaluate`; return 0 when something was evaluated, 1 when nothing was, 2 on usage."""
+    from backend.evaluation.coco import CocoError
     from backend.evaluation.evaluator import evaluate
     from backend.evaluation.folder_source import FolderLayoutError
     from backend.evaluation.report import render_table, write_report
@@ -73,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             labels, source_problems, samples = _project(args, settings)
         report = evaluate(samples, labels, tolerance=args.tolerance, source_problems=source_problems)
-    except (_Usage, SettingsError, OptionsError, LabelConfigError, FolderLayoutError, FileNotFoundError,
+    except (_Usage, SettingsError, OptionsError, LabelConfigError, FolderLayoutError, CocoError, FileNotFoundError,
             LabelStudioError) as exc:
         print(f"gem-labeler evaluate: {exc}", file=sys.stderr)
         return 2

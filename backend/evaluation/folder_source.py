@@ -1,15 +1,17 @@
-"""Folder mode of `gem-labeler evaluate`: ``FOLDER/images/*`` with ``FOLDER/masks/<stem>.png``.
+"""Folder mode of `gem-labeler evaluate`: ``FOLDER/images/*`` with ``FOLDER/masks/<stem>.png`` or a COCO file.
 
 Pipeline: the images go through the product's own folder pipeline (`backend.bulk.folder.run_folder` with
 the worker pipeline's labeler, predictions kept in ``OUT/prelabel/state.jsonl``, so a rerun reuses them)
--> each prediction's Label Studio results decode to masks (`annotations.results_to_masks`) -> each mask
-PNG (one channel, pixel value = label index) becomes one mask per label through the label map -> `Sample`.
+-> each prediction's Label Studio results decode to masks (`annotations.results_to_masks`) -> the human
+masks: each mask PNG (one channel, pixel value = label index) becomes one mask per label through the label
+map, or ``FOLDER/annotations.json`` (COCO instances, `backend.evaluation.coco`) gives them -> `Sample`.
 
 The label map is ``FOLDER/labels.txt`` (line i names pixel value i; "background" or the label config's
 background label for value 0) or ``FOLDER/labels.json`` (``{"0": "background", "1": "cat"}``); pixel
 values it does not name (for example 255, "ignore" in many datasets) count as background and are reported
-per image (an ignore region that no metric counts is not supported yet).
-COCO JSON is not supported yet (pycocotools is not installed).
+per image (an ignore region that no metric counts is not supported yet). With a COCO file, categories are
+matched to labels by name; an image the file does not list is skipped, one it lists without annotations
+has nothing in it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from PIL import Image
 
 from backend.bulk.folder import STATE_FILE, FolderRun, PipelineLabelerSpec, StateFile, find_images, run_folder
 from backend.evaluation.annotations import mask_kind, result_size, results_to_masks
+from backend.evaluation.coco import ANNOTATIONS_FILE, read_coco
 from backend.evaluation.samples import Sample
 from backend.labelstudio.label_config import BACKGROUND_NAMES, Vocabulary
 from backend.options import ProjectOptions
@@ -78,41 +81,63 @@ def folder_samples(folder: Path, out: Path, settings: Settings, options: Project
                    labels: tuple[str, ...], *, batch_size: int = 4, progress: bool = True,
                    limit: int | None = None) -> tuple[list[str], Iterator[Sample]]:
     """Return the source-level problems and the samples of a folder (predicting first)."""
-    images, masks = folder / "images", folder / "masks"
-    if not images.is_dir() or not masks.is_dir():
-        raise FolderLayoutError(f"{folder} needs images/ and masks/ folders (masks/<image stem>.png)")
-    label_map = read_label_map(folder)
-    values, problems = split_label_map(label_map, vocabulary, labels)
+    images, masks, coco = folder / "images", folder / "masks", folder / ANNOTATIONS_FILE
+    if not images.is_dir() or not (masks.is_dir() or coco.is_file()):
+        raise FolderLayoutError(f"{folder} needs images/ and either masks/ (masks/<image stem>.png plus labels.txt "
+                                f"or labels.json) or {ANNOTATIONS_FILE} (COCO instances)")
+    if masks.is_dir():
+        label_map = read_label_map(folder)
+        values, problems = split_label_map(label_map, vocabulary, labels)
+
+        def truth(relpath: str) -> tuple[tuple[int, int], dict[str, np.ndarray], list[str]] | str:
+            return _png_truth(masks / Path(relpath).with_suffix(".png"), values, set(label_map))
+    else:
+        by_name, shapes, problems = read_coco(coco, labels, vocabulary.background)
+
+        def truth(relpath: str) -> tuple[tuple[int, int], dict[str, np.ndarray], list[str]] | str:
+            if relpath not in by_name:
+                return f"not listed in {ANNOTATIONS_FILE}"
+            return shapes[relpath], by_name[relpath], []
     spec = PipelineLabelerSpec(settings=settings, options=options, vocabulary=vocabulary, folder=str(images))
     records = predict_folder(images, out, spec, batch_size=batch_size, progress=progress, limit=limit)
     relpaths = find_images(images)[:limit] if limit is not None else find_images(images)
-    return problems, (_sample(relpath, masks, records.get(relpath), values, set(label_map), labels,
-                              vocabulary.background) for relpath in relpaths)
+    return problems, (_sample(relpath, truth(relpath), records.get(relpath), labels, vocabulary.background)
+                      for relpath in relpaths)
 
 
-def _sample(relpath: str, masks: Path, record: dict | None, values: dict[int, str], named: set[int],
-            labels: tuple[str, ...], ignored: tuple[str, ...]) -> Sample:
-    mask_path = masks / Path(relpath).with_suffix(".png")
+def _png_truth(mask_path: Path, values: dict[int, str], named: set[int]
+               ) -> tuple[tuple[int, int], dict[str, np.ndarray], list[str]] | str:
+    """Return (shape, masks per label, problems) of one mask PNG, or why it cannot be used."""
     if not mask_path.is_file():
-        return Sample(relpath, skipped=f"no mask {mask_path.name} in masks/")
-    if record is None or record.get("status") != "done":
-        reason = (record or {}).get("reason", "not labeled")
-        return Sample(relpath, skipped=f"no pre-label: {reason}")
+        return f"no mask {mask_path.name} in masks/"
     try:
         with Image.open(mask_path) as picture:
             if picture.mode not in {"L", "P", "I", "I;16"}:
-                return Sample(relpath, skipped=f"mask {mask_path.name} is {picture.mode}: expected one channel "
-                                                "of label indices (L, P or I)")
+                return f"mask {mask_path.name} is {picture.mode}: expected one channel of label indices (L, P or I)"
             indices = np.asarray(picture)
     except OSError as exc:
-        return Sample(relpath, skipped=f"cannot read mask {mask_path.name}: {exc}")
+        return f"cannot read mask {mask_path.name}: {exc}"
     shape = (int(indices.shape[0]), int(indices.shape[1]))
-    sample = Sample(relpath, shape=shape, model_version=str(record["prediction"].get("model_version") or ""))
+    problems = []
     unnamed = sorted(int(v) for v in np.unique(indices) if int(v) not in named)
     if unnamed:
-        sample.problems.append(f"mask values {unnamed} are not in the label map: counted as background")
+        problems.append(f"mask values {unnamed} are not in the label map: counted as background")
+    annotated: dict[str, np.ndarray] = {}
     for value, name in values.items():
-        sample.annotated[name] = sample.annotated.get(name, np.zeros(shape, bool)) | (indices == value)
+        annotated[name] = annotated.get(name, np.zeros(shape, bool)) | (indices == value)
+    return shape, annotated, problems
+
+
+def _sample(relpath: str, truth: tuple[tuple[int, int], dict[str, np.ndarray], list[str]] | str,
+            record: dict | None, labels: tuple[str, ...], ignored: tuple[str, ...]) -> Sample:
+    if isinstance(truth, str):
+        return Sample(relpath, skipped=truth)
+    if record is None or record.get("status") != "done":
+        reason = (record or {}).get("reason", "not labeled")
+        return Sample(relpath, skipped=f"no pre-label: {reason}")
+    shape, annotated, problems = truth
+    sample = Sample(relpath, shape=shape, model_version=str(record["prediction"].get("model_version") or ""),
+                    annotated=annotated, problems=list(problems))
     results = record["prediction"].get("result", [])
     drawn = result_size(results)
     if drawn is not None and drawn != shape:
