@@ -78,3 +78,22 @@ def test_a_calibration_in_force_changes_the_model_version_and_a_rollback_restore
         calibrations.rollback(conn, settings.queue_prefix, "21")
         assert client.post("/predict", json={"project": 21, "tasks": [], "label_config": CONFIG},
                            auth=AUTH).json()["model_version"] == plain
+
+
+def test_evaluate_queues_a_report_job_and_the_report_route_says_what_it_has(redis_url):
+    settings = protected(redis_url)
+    conn = rq_queue.connect(redis_url)
+    batch = Queue(rq_queue.queue_name(settings.queue_prefix, "batch"), connection=conn, serializer=JSONSerializer)
+    with listening_worker(redis_url, settings.queue_prefix), serve(settings) as client:
+        missing = client.get("/evaluation/31", auth=AUTH)
+        assert missing.status_code == 404 and "POST /evaluate" in missing.json()["detail"]
+        started = client.post("/evaluate", json={"project": 31, "model_version": "v1"}, auth=AUTH)
+        assert started.status_code == 200 and started.json()["report"] == "/evaluation/31"
+        [job] = batch.jobs
+        assert job.func_name == "backend.evaluation.job.run" and job.args[0]["model_version"] == "v1"
+        assert client.get("/evaluation/31", auth=AUTH).json()["state"] == "queued"
+        assert client.post("/evaluate", json={"project": 31, "model_version": 5}, auth=AUTH).status_code == 400
+    bare = make_settings(redis_url)
+    with listening_worker(redis_url, bare.queue_prefix), serve(bare) as client:
+        reply = client.post("/evaluate", json={"project": 31})
+        assert reply.status_code == 400 and "LABEL_STUDIO_URL" in reply.json()["detail"]

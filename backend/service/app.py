@@ -1,7 +1,7 @@
 """The FastAPI app Label Studio talks to: parse, enqueue, wait, format. Never imports torch.
 
 Routes: GET /health, POST /setup, POST /predict, POST /webhook, POST /train, GET /calibration/{project},
-GET /metrics, GET /jobs/{id}.
+POST /evaluate, GET /evaluation/{project}, GET /metrics, GET /jobs/{id}.
 /predict parses and enqueues in the thread pool (short), then waits for the workers' results in the event
 loop with an asyncio Redis client: a waiting request holds no thread, so any number of them leave /health
 and other requests their threads. With no live worker it answers at once instead of waiting.
@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backend.jobqueue import calibrations, digests
+from backend.jobqueue import calibrations, digests, evaluations
 from backend.jobqueue import queues as rq_queue
 from backend.jobqueue.jobs import TaskJobs, image_url_of, project_id
 from backend.labelstudio.label_config import LabelConfigError, Vocabulary, parse_label_config
@@ -267,12 +267,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return {"status": "acknowledged", "action": action}
         return {"status": "ignored", "action": action}
 
-    def start_calibration(project: str) -> dict[str, Any]:
+    def needs_label_studio(project: str, what: str) -> None:
         if not project:
-            raise _bad_request("calibration needs the project id ('project': id or {'id': id})")
+            raise _bad_request(f"{what} needs the project id ('project': id or {{'id': id}})")
         if not settings.can_push:
-            raise _bad_request("calibration reads the project's annotations from Label Studio: set "
+            raise _bad_request(f"{what} reads the project's annotations from Label Studio: set "
                                "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY for the API and the workers")
+
+    def start_calibration(project: str) -> dict[str, Any]:
+        needs_label_studio(project, "calibration")
         try:
             job_id = calibrations.enqueue(clients.main(), settings, project)
         except calibrations.CalibrationRunning as exc:
@@ -293,6 +296,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stored = calibrations.history(conn, prefix, project)
         return {"project": project, "status": calibrations.status(conn, prefix, project),
                 "active": stored["active"], "versions": stored["versions"]}
+
+    @app.post("/evaluate")
+    def evaluate(body: dict[str, Any]) -> dict[str, Any]:
+        project = _project(body.get("project"))
+        needs_label_studio(project, "evaluation")
+        version = body.get("model_version")
+        if version is not None and not isinstance(version, str):
+            raise _bad_request("'model_version' must be a string")
+        job_id = evaluations.enqueue(clients.main(), settings, project, version)
+        return {"status": "started", "job_id": job_id, "project": project, "report": f"/evaluation/{project}"}
+
+    @app.get("/evaluation/{project}")
+    def evaluation(project: str) -> dict[str, Any]:
+        project = _project(project)
+        found = evaluations.load(clients.main(), prefix, project)
+        if found is None:
+            raise HTTPException(404, f"project {project} has no evaluation (POST /evaluate, or it expired after "
+                                     "RESULT_TTL_S)")
+        return {"project": project, **found}
 
     @app.get("/metrics")
     def prometheus() -> Response:

@@ -1,6 +1,7 @@
 """Calibration started from Label Studio: "Start Training" on a project whose annotators drew the truth of
 its scenes makes the workers fit the project's thresholds, adopt them (held-out tasks improve), and the
-project's predictions carry the new model version; a rollback from the command line restores the old one.
+project's predictions carry the new model version (and `POST /evaluate` judges them against the
+annotations); a rollback from the command line restores the old one.
 
 The project is miscalibrated on purpose (presence_threshold 0.05 in its extra params: nearly every colour
 label is judged present in every scene), so a working fit must raise the threshold. Bad input rides along:
@@ -97,11 +98,26 @@ def test_start_training_calibrates_the_project_and_a_rollback_restores_it(ls, la
 
     after = _backend_version(scenes_backend, pid)
     assert after != before
-    unlabeled = [t["id"] for t in ls.tasks(pid) if not t["annotations"]]
-    ls.run_action(pid, RETRIEVE_PREDICTIONS_ACTION, unlabeled)
-    predicted = wait_for(lambda: [p for t in unlabeled for p in ls.predictions(t)], timeout_s=120,
-                         what="a prediction after calibration")
+    every = [t["id"] for t in ls.tasks(pid)]
+    ls.run_action(pid, RETRIEVE_PREDICTIONS_ACTION, every)
+    predicted = wait_for(lambda: (lambda found: found if len(found) >= ANNOTATED + 1 else None)(
+        [p for t in every for p in ls.predictions(t)]), timeout_s=180, what="predictions after calibration")
     assert {p["model_version"] for p in predicted} == {after}
+
+    # The evaluation route judges those predictions against the annotations, on a worker.
+    started = httpx.post(f"{scenes_backend.url}/evaluate", json={"project": pid, "model_version": after},
+                         auth=scenes_backend.basic_auth, timeout=30)
+    assert started.status_code == 200, started.text
+
+    def evaluated():
+        reply = httpx.get(f"{scenes_backend.url}/evaluation/{pid}", auth=scenes_backend.basic_auth, timeout=30)
+        return reply.json() if reply.json().get("state") in ("done", "failed") else None
+
+    evaluation = wait_for(evaluated, timeout_s=120, interval_s=1, what="the evaluation")
+    assert evaluation["state"] == "done", evaluation
+    overall = evaluation["report"]["overall"]
+    assert evaluation["report"]["images"] == ANNOTATED  # the task whose image is gone has no prediction
+    assert overall["miou_with_background"] > 2 * overall["baseline_miou_all_background"], overall
 
     monkeypatch.setenv("REDIS_URL", scenes_backend.env["REDIS_URL"])
     monkeypatch.setenv("QUEUE_PREFIX", scenes_backend.env["QUEUE_PREFIX"])
