@@ -329,6 +329,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("logit_scale", "LOGIT_SCALE", "--logit-scale", number(0.0, 1000.0, low_open=True), 100.0,
            "semantic mode: the softmax scale over raw map values that makes the pixel probabilities",
            stage="regions"),
+    Option("score_slope", "SCORE_SLOPE", "--score-slope", number(0.0, 100.0, low_open=True), 1.0,
+           "region scores become sigmoid(score_slope * logit(score) + score_offset): what a calibration fits "
+           "so that scores match how often regions are right (1 and 0 keep them)", stage="regions"),
+    Option("score_offset", "SCORE_OFFSET", "--score-offset", number(-100.0, 100.0), 0.0,
+           "see `score_slope`", stage="regions"),
 )
 # extra_params key (and alias) -> option
 BY_KEY: dict[str, Option] = {key: o for o in OPTIONS for key in (o.key, *o.aliases)}

@@ -8,11 +8,14 @@ best present label or to background; independent: each present label's own thres
 A label judged absent gets no region, whatever its map looks like. A region's score is the label's
 presence probability times, in semantic mode, the mean probability of the region's pixels
 (gem_engine.regions' softmax against the other present labels and background): high when the label
-is surely there and its pixels are clearly its own.
+is surely there and its pixels are clearly its own. `recalibrate` maps scores through a fitted sigmoid
+(Platt scaling: slope and offset on the score's logit), so that a project's scores can be made to match how
+often its regions are right.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -71,3 +74,11 @@ def _background_map(analysis, background_labels: list[int]) -> np.ndarray | None
     if not parts:
         return None
     return np.max(np.stack(parts), axis=0).astype(np.float32)
+
+
+def recalibrate(score: float, slope: float = 1.0, offset: float = 0.0) -> float:
+    """Return sigmoid(slope * logit(score) + offset); slope 1 and offset 0 return the score unchanged."""
+    if slope == 1.0 and offset == 0.0:
+        return score
+    clipped = min(max(score, 1e-6), 1.0 - 1e-6)
+    return 1.0 / (1.0 + math.exp(-(slope * math.log(clipped / (1.0 - clipped)) + offset)))

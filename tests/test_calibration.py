@@ -207,3 +207,33 @@ def test_one_fit_per_project_holds_the_lock(conn, prefix):
     assert calibrations.holder(conn, prefix, "5") == "job-1"
     calibrations.release(conn, prefix, "5", "job-1")
     assert calibrations.holder(conn, prefix, "5") is None
+
+
+def test_recalibrate_is_a_sigmoid_on_the_logit():
+    from gem_engine.prelabel import recalibrate
+
+    assert recalibrate(0.37) == 0.37  # slope 1, offset 0: untouched, bit for bit
+    assert recalibrate(0.5, 2.0, 0.0) == pytest.approx(0.5)
+    assert recalibrate(0.5, 1.0, float(np.log(3.0))) == pytest.approx(0.75)
+    assert recalibrate(0.8, 2.0, 0.0) == pytest.approx(16 / 17)  # logit 0.8 = ln 4, doubled: ln 16
+    assert 0.0 < recalibrate(0.0, 0.5, 0.0) < recalibrate(1.0, 0.5, 0.0) < 1.0  # the ends stay finite
+
+
+def test_overconfident_scores_get_a_mapping_that_lowers_their_calibration_error():
+    # Every scene's region is confident, but in half of them the human mask lies elsewhere (IoU 0).
+    def scenes_half_wrong(seed: int, count: int) -> list[Example]:
+        examples = scenes(seed, count, dict.fromkeys(LABELS, 0.01))
+        for example in examples[::2]:
+            [(label, mask)] = example.truth.items()
+            example.truth[label] = np.roll(mask, SIDE // 2, axis=(0, 1)) & ~mask
+        return examples
+
+    train, fresh = scenes_half_wrong(7, 24), scenes_half_wrong(8, 40)
+    result = fit(train, LABELS, BASE, {})
+    assert result.params["score_slope"] < 1.0 or result.params["score_offset"] < 0.0  # scores pulled down
+    knobs = {k: v for k, v in result.params.items() if k not in ("score_slope", "score_offset")}
+    before = quality(fresh, LABELS, BASE.with_params(knobs))
+    after = quality(fresh, LABELS, BASE.with_params(result.params))
+    assert before.score_ece > 0.3  # about 0.5: confident, right half the time
+    assert after.score_ece < before.score_ece / 3
+    assert after.miou == before.miou  # scores only: the masks are the same

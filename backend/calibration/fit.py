@@ -3,9 +3,10 @@
 Pipeline: examples (an image's ImageAnalysis and its human masks per label) -> `quality` runs the product's
 own path (presence -> regions, `gem_engine.prelabel`) with a set of extra params and scores it (mIoU with
 background over all pixels, image-level presence F1, ECE of region scores) -> `search` improves the
-params on training examples: a coordinate search over the global knobs (presence threshold, background
-threshold, logit scale), then per-label presence thresholds for labels with at least `min_examples`
-annotated images -> `fit` cross-validates that search (FOLDS interleaved folds: fit on the rest, judge on the fold) and
+params on training examples: a coordinate search over the global knobs (presence evidence and threshold,
+background threshold, logit scale), then per-label presence thresholds for labels with at least `min_examples`
+annotated images, then a sigmoid on the scores' logits (Platt scaling: `score_slope`, `score_offset`) fitted
+to whether each region is right (IoU with its label at least 0.5), so scores say how often regions are right -> `fit` cross-validates that search (FOLDS interleaved folds: fit on the rest, judge on the fold) and
 adopts the params fitted on all examples only when the held-out mIoU rises and presence F1 does not fall.
 
 The parameters are extra_params keys of the product's own options, so a calibration changes nothing but
@@ -20,24 +21,27 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+from scipy.optimize import minimize
 
 from backend.evaluation.metrics import class_map, miou_from_confusion
 from backend.labeling.pipeline import presence_options, region_options
 from backend.options import ProjectOptions
 from gem_engine.engine import ImageAnalysis
-from gem_engine.prelabel import prelabel_regions
+from gem_engine.prelabel import prelabel_regions, recalibrate
 from gem_engine.presence import decide_presence
 
 # The global knobs and the values tried for each, in search order.
-GRID: dict[str, tuple[float, ...]] = {
+GRID: dict[str, tuple[Any, ...]] = {
+    "presence": ("image", "map", "image+map"),
     "presence_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
     "background_threshold": (0.0, 0.3, 0.6),
     "logit_scale": (50.0, 100.0, 200.0),
 }
-LABEL_THRESHOLDS = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))
+LABEL_THRESHOLDS = np.round(np.arange(0.05, 1.0, 0.05), 2)
 DEFAULT_MIN_EXAMPLES = 5
 FOLDS = 3
 ECE_BINS = 10
+MIN_SCORED_REGIONS = 10  # fewer regions than this: scores are left as they are
 
 
 @dataclass
@@ -96,7 +100,8 @@ def predicted_masks(example: Example, labels: Sequence[str], options: ProjectOpt
     masks: dict[str, np.ndarray] = {}
     for region in regions:
         masks[region.label] = masks.get(region.label, np.zeros(example.shape, dtype=bool)) | region.mask
-    return masks, [(r.label, r.score, r.mask) for r in regions]
+    slope, offset = options.score_slope, options.score_offset
+    return masks, [(r.label, recalibrate(r.score, slope, offset), r.mask) for r in regions]
 
 
 def quality(examples: Sequence[Example], labels: Sequence[str], options: ProjectOptions,
@@ -186,7 +191,29 @@ def search(examples: Sequence[Example], labels: Sequence[str], base: ProjectOpti
         got = quality(examples, labels, base.with_params(trial), background_labels)
         if got.miou >= best.miou - 1e-9:
             params = trial
-    return params
+    return {**params, **_score_mapping(examples, labels, base.with_params(params), background_labels)}
+
+
+def _score_mapping(examples: Sequence[Example], labels: Sequence[str], options: ProjectOptions,
+                   background_labels: Sequence[str]) -> dict[str, float]:
+    """Return score_slope and score_offset fitted by logistic regression (Platt scaling) of whether each
+    region is right on its score's logit, or {} when the regions do not hold both outcomes often enough."""
+    tally = _tally(examples, labels, options.with_params({"score_slope": 1.0, "score_offset": 0.0}),
+                   background_labels)
+    hits = np.asarray(tally.hits, dtype=np.float64)
+    if len(hits) < MIN_SCORED_REGIONS or hits.sum() < 2 or (1 - hits).sum() < 2:
+        return {}
+    clipped = np.clip(np.asarray(tally.scores, dtype=np.float64), 1e-6, 1 - 1e-6)
+    logit = np.log(clipped / (1 - clipped))
+
+    def loss(log_slope_offset: np.ndarray) -> float:
+        # The slope is exp(u): scores keep their order. A light pull towards slope 1 settles ties.
+        z = np.exp(log_slope_offset[0]) * logit + log_slope_offset[1]
+        return float(np.mean(np.logaddexp(0.0, z) - hits * z) + 1e-4 * log_slope_offset[0] ** 2)
+
+    log_slope, offset = minimize(loss, np.array([0.0, 0.0]), method="Nelder-Mead").x
+    return {"score_slope": float(np.clip(np.exp(log_slope), 1e-3, 100.0)),
+            "score_offset": float(np.clip(offset, -100.0, 100.0))}
 
 
 def _label_thresholds(examples: Sequence[Example], labels: Sequence[str], options: ProjectOptions,
@@ -208,9 +235,11 @@ def _label_thresholds(examples: Sequence[Example], labels: Sequence[str], option
     for label in eligible:
         column = probability[:, foreground.index(label)]
         present = np.array([label in e.truth and bool(e.truth[label].any()) for e in examples])
-        f1 = [_f1(column >= t, present) for t in LABEL_THRESHOLDS]
-        chosen[label] = float(LABEL_THRESHOLDS[int(np.argmax(f1))])
-    return chosen
+        f1 = np.array([_f1(column >= t, present) for t in LABEL_THRESHOLDS])
+        # Of the thresholds with the best F1, the one nearest the global threshold: no move without evidence.
+        best = LABEL_THRESHOLDS[f1 >= f1.max() - 1e-9]
+        chosen[label] = float(best[np.argmin(np.abs(best - presence.threshold))])
+    return {label: value for label, value in chosen.items() if value != presence.threshold}
 
 
 def _subset(analysis: ImageAnalysis, keep: list[int]) -> ImageAnalysis:

@@ -30,7 +30,7 @@ from backend.options import ProjectOptions
 from backend.settings import Settings
 from gem_engine.engine import HeatmapEngine, ImageAnalysis
 from gem_engine.models import LoadedModel, WeightsNotFoundError, load_model
-from gem_engine.prelabel import prelabel_regions
+from gem_engine.prelabel import prelabel_regions, recalibrate
 from gem_engine.presence import PresenceOptions
 from gem_engine.regions import Region, RegionOptions, mean_score
 
@@ -289,6 +289,8 @@ def _finish(payload: dict[str, Any], items: list[tuple[_Work, ImageAnalysis]], s
         regions.extend(found)
     if asked:
         regions = _interactive(regions, vocabulary, context["result"], size, bool(items and items[0][0].offset))
+    slope, offset = options.score_slope, options.score_offset
+    regions = [dataclasses.replace(r, score=recalibrate(r.score, slope, offset)) for r in regions]
     regions = [r for r in regions if r.score >= options.score_threshold]
     width, height = size
     results: list[dict[str, Any]] = []

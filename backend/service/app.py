@@ -197,6 +197,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         extra = body.get("extra_params") or {}
         if isinstance(extra, str):  # Label Studio sends the text box as a JSON string
             extra = _json_object(extra)
+        options_for(extra)  # a bad extra param is the caller's to fix, whatever Redis says
         project = _project(body.get("project"))
         options = options_for(calibrations.project_params(clients.main(), prefix, project, extra))
         jobs = task_jobs(project, vocabulary, options)
