@@ -6,6 +6,9 @@ brush / polygon / rectangle results decoded to masks, the image fetched like any
 this worker's engine -> `fit.fit` against the calibration in force -> when adopted, a new version
 (`jobqueue.calibrations.add_version`) -> status "done" with the report; the lock is freed in every case.
 
+A worker keeps the analyses of the last CACHED_ANALYSES images it calibrated with (by engine, image URL and
+prompts), so a project calibrated again after more annotations pays only for its new images.
+
 Masks and maps are fitted at a reduced size (longest side FIT_SIDE): the knobs fitted are thresholds on
 probabilities, which do not depend on the pixel count, and the fit reruns the regions dozens of times.
 A task that cannot be used (no submitted annotation, an image that no longer downloads, results that do
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 from rq import get_current_job
@@ -33,6 +37,8 @@ from backend.options import ProjectOptions
 
 log = logging.getLogger("gem_labeler.calibration")
 FIT_SIDE = 320
+CACHED_ANALYSES = 512
+_ANALYSES: OrderedDict[tuple[Any, ...], tuple[Any, tuple[int, int]]] = OrderedDict()  # key -> (analysis, size)
 
 
 def run(payload: dict[str, Any]) -> dict[str, Any]:
@@ -78,15 +84,17 @@ def _calibrate(conn: Any, prefix: str, project: str, payload: dict[str, Any]) ->
     problems: dict[str, list[str]] = {}
     examples: list[Example] = []
     engine = st.engines.get(base)
+    reused = 0
     for done, task in enumerate(tasks):
         calibrations.set_status(conn, prefix, project, step="computing maps", done=done, total=len(tasks))
         name = f"task {task.get('id')}"
         try:
-            example, found = _example(task, vocabulary, base, engine, st.settings, client)
+            example, found, was_cached = _example(task, vocabulary, base, engine, st.settings, client)
         except (images.ImageError, ValueError) as exc:
             skipped[name] = str(exc)
             continue
         examples.append(example)
+        reused += was_cached
         if found:
             problems[name] = found
     calibrations.set_status(conn, prefix, project, step="fitting", done=len(tasks), total=len(tasks))
@@ -94,7 +102,7 @@ def _calibrate(conn: Any, prefix: str, project: str, payload: dict[str, Any]) ->
     result = fit(examples, list(vocabulary.labels), base, current, background_labels=vocabulary.background,
                  min_examples=min_examples)
     report = {**result.to_dict(), "project": project, "annotated_tasks": len(tasks), "used": len(examples),
-              "skipped": skipped, "problems": problems, "previous_params": current}
+              "skipped": skipped, "problems": problems, "previous_params": current, "analyses_reused": reused}
     if not examples and not tasks:
         report["reason"] = "the project has no task with a submitted annotation: annotate some tasks first"
     if result.adopted:
@@ -104,19 +112,30 @@ def _calibrate(conn: Any, prefix: str, project: str, payload: dict[str, Any]) ->
 
 
 def _example(task: dict[str, Any], vocabulary: Vocabulary, base: ProjectOptions, engine: Any, settings: Any,
-             client: Any) -> tuple[Example, list[str]]:
-    """Return one task's example (its image analysed, its annotation as masks) and the problems found."""
+             client: Any) -> tuple[Example, list[str], bool]:
+    """Return one task's example (its image analysed, its annotation as masks), the problems found, and
+    whether its analysis came from this worker's cache."""
     annotation = pick_annotation(task.get("annotations") or [])
     results = (annotation or {}).get("result") or []
-    image = images.load_task_image(image_url_of(task, vocabulary), settings, task_id=task.get("id"),
-                                   project_id=task.get("project"), ls_client=client)
-    width, height = image.size
+    url = image_url_of(task, vocabulary)
+    key = (base.engine_key(), url, vocabulary.prompts, base.background_prompts)
+    reused = key in _ANALYSES
+    if reused:
+        _ANALYSES.move_to_end(key)
+        analysis, (width, height) = _ANALYSES[key]
+    else:
+        image = images.load_task_image(url, settings, task_id=task.get("id"), project_id=task.get("project"),
+                                       ls_client=client)
+        analysis = engine.analyze([image], [list(p) for p in vocabulary.prompts], base.background_prompts)[0]
+        width, height = image.size
+        _ANALYSES[key] = (analysis, (width, height))
+        while len(_ANALYSES) > CACHED_ANALYSES:
+            _ANALYSES.popitem(last=False)
     scale = min(1.0, FIT_SIDE / max(width, height))
     shape = (max(1, round(height * scale)), max(1, round(width * scale)))
     decoded = results_to_masks(results, shape, vocabulary.labels, ignored=vocabulary.background)
     truth = {label: mask for label, mask in decoded.masks.items() if mask.any()}
-    analysis = engine.analyze([image], [list(p) for p in vocabulary.prompts], base.background_prompts)[0]
-    return Example(f"task {task.get('id')}", analysis, truth, shape), decoded.problems
+    return Example(f"task {task.get('id')}", analysis, truth, shape), decoded.problems, reused
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
