@@ -273,7 +273,8 @@ def fit(examples: Sequence[Example], labels: Sequence[str], base: ProjectOptions
                    reason=f"{len(examples)} usable annotated image(s); calibration needs at least {min_examples}")
     held_current, held_fitted = [], []
     for held in folds(len(examples)):
-        train = [e for i, e in enumerate(examples) if i not in set(held.tolist())]
+        out = set(held.tolist())
+        train = [e for i, e in enumerate(examples) if i not in out]
         test = [examples[i] for i in held]
         fold_params = search(train, labels, base, current, background_labels=background_labels,
                              min_examples=min_examples)
