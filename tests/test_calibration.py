@@ -237,3 +237,39 @@ def test_overconfident_scores_get_a_mapping_that_lowers_their_calibration_error(
     assert before.score_ece > 0.3  # about 0.5: confident, right half the time
     assert after.score_ece < before.score_ece / 3
     assert after.miou == before.miou  # scores only: the masks are the same
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def test_calibrate_cli_manages_versions_and_names_what_is_wrong(redis_url, conn, prefix, monkeypatch, tmp_path,
+                                                                 capsys):
+    from backend.cli import calibrate as cli
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    assert cli.main(["--project", "4"]) == 2
+    assert "REDIS_URL is not set" in capsys.readouterr().err
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("QUEUE_PREFIX", prefix)
+    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    assert cli.main(["--project", "4", "--to", "1"]) == 2
+    assert "--to goes with --rollback" in capsys.readouterr().err
+    assert cli.main(["--project", "4"]) == 2
+    assert "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY" in capsys.readouterr().err
+    assert cli.main(["--project", "4", "--rollback"]) == 2
+    assert "nothing to roll back" in capsys.readouterr().err
+    calibrations.add_version(conn, prefix, "4", {"presence_threshold": 0.7}, {"reason": "r"})
+    assert cli.main(["--project", "4", "--status"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["active"] == 1 and shown["versions"][0]["params"] == {"presence_threshold": 0.7}
+    assert cli.main(["--project", "4", "--export", str(tmp_path / "c.json")]) == 0
+    assert json.loads((tmp_path / "c.json").read_text())["versions"][0]["version"] == 1
+    assert cli.main(["--project", "4", "--rollback"]) == 0
+    assert "no calibration is active" in capsys.readouterr().out
+    assert calibrations.active_params(conn, prefix, "4") == {}
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://ls.invalid:8080")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "token")
+    calibrations.claim(conn, prefix, "4", "someone-elses-job")
+    assert cli.main(["--project", "4", "--no-wait"]) == 2
+    assert "already running (job someone-elses-job)" in capsys.readouterr().err
