@@ -266,6 +266,7 @@ METHOD_CHOICES = ("gem", "gradcam", "naclip", "sclip", "clearclip")
 INPUT_MODES = ("square", "aspect", "sliding")
 TEMPLATE_SETS = ("single", "ensemble")
 PRESENCE_EVIDENCE = ("image", "map", "image+map", "none")  # gem_engine.presence.EVIDENCE
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # gem_engine.precision.CHOICES
 
 # The model version lists the "spelled" options in table order, then a digest of the "hashed" ones in
 # table order: keep the order of existing options (model_config comes last for that reason) so that
@@ -329,6 +330,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("logit_scale", "LOGIT_SCALE", "--logit-scale", number(0.0, 1000.0, low_open=True), 100.0,
            "semantic mode: the softmax scale over raw map values that makes the pixel probabilities",
            stage="regions"),
+    Option("precision", "PRECISION", "--precision", choice(*PRECISIONS), "auto",
+           "model precision: `auto` (bf16 on a CPU with native bf16 where a start-up probe finds it faster, "
+           "else fp32; fp32 on GPU), `fp32`, `bf16` (CPU: vision tower only) or `fp16` (GPU only)",
+           stage="model"),
 )
 # extra_params key (and alias) -> option
 BY_KEY: dict[str, Option] = {key: o for o in OPTIONS for key in (o.key, *o.aliases)}
@@ -373,7 +378,11 @@ class ProjectOptions:
         Raises OptionsError naming the first key that is unknown or holds a bad value.
         """
         base = cls(**{o.name: o.read(getattr(settings, o.name), o.env) for o in OPTIONS})
-        return base.with_params(extra_params or {})
+        options = base.with_params(extra_params or {})
+        if options.precision == "fp16" and getattr(settings, "device", "") == "cpu":
+            source = "precision" if "precision" in (extra_params or {}) else "PRECISION"
+            raise OptionsError(f"{source}='fp16' runs on a GPU only, and DEVICE=cpu: use 'bf16', 'fp32' or 'auto'")
+        return options
 
     def with_params(self, params: Mapping[str, Any]) -> ProjectOptions:
         """Return these options with `params` (extra_params keys; a later key for the same option wins) applied."""
