@@ -92,7 +92,7 @@ class EngineCache:
                     cache_dir=self.settings.model_cache_dir or None,
                 )
                 self._models[model_key] = loaded
-                log.info("loaded model %s (%s) on %s in %s (precision %s) in %.1f s", options.model_name,
+                log.info("loaded model %s (%s) on %s, %s (precision %s), in %.1f s", options.model_name,
                          pretrained or "random", loaded.device, loaded.dtype, options.precision,
                          time.monotonic() - started)
             engine = HeatmapEngine(loaded, method=options.method, **engine_options(options))
