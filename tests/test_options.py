@@ -260,3 +260,12 @@ def test_precision_reaches_the_loaded_model_and_fp16_is_refused_on_a_cpu_deploym
         ProjectOptions.from_settings(settings, {"precision": "fp16"})
     # DEVICE=auto may find a GPU: the API accepts fp16, and a CPU-only worker refuses it when it loads the model.
     assert ProjectOptions.from_settings(DEFAULTS, {"precision": "fp16"}).precision == "fp16"
+
+
+@pytest.mark.parametrize("value", ["auto", "fp32", "bf16", "fp16"])
+def test_precision_reads_the_same_from_variable_extra_param_and_flag(value):
+    option = next(o for o in OPTIONS if o.name == "precision")
+    assert option.default == "auto"
+    from_env = ProjectOptions.from_settings(Settings.from_env({"PRECISION": value}))
+    from_params = ProjectOptions.from_settings(DEFAULTS, {"precision": value})
+    assert from_env.precision == from_params.precision == _from_flag(option, value).precision == value
