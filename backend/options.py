@@ -266,6 +266,7 @@ METHOD_CHOICES = ("gem", "gradcam", "naclip", "sclip", "clearclip")
 INPUT_MODES = ("square", "aspect", "sliding")
 TEMPLATE_SETS = ("single", "ensemble")
 PRESENCE_EVIDENCE = ("image", "map", "image+map", "none")  # gem_engine.presence.EVIDENCE
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # gem_engine.precision.CHOICES
 
 # The model version lists the "spelled" options in table order, then a digest of the "hashed" ones in
 # table order: keep the order of existing options (model_config comes last for that reason) so that
@@ -334,6 +335,10 @@ OPTIONS: tuple[Option, ...] = (
            "so that scores match how often regions are right (1 and 0 keep them)", stage="regions"),
     Option("score_offset", "SCORE_OFFSET", "--score-offset", number(-100.0, 100.0), 0.0,
            "see `score_slope`", stage="regions"),
+    Option("precision", "PRECISION", "--precision", choice(*PRECISIONS), "auto",
+           "model precision: `auto` (bf16 on a CPU with native bf16 where a start-up probe finds it faster, "
+           "else fp32; fp32 on GPU), `fp32`, `bf16` (CPU: vision tower only) or `fp16` (GPU only)",
+           stage="model"),
 )
 # extra_params key (and alias) -> option
 BY_KEY: dict[str, Option] = {key: o for o in OPTIONS for key in (o.key, *o.aliases)}
@@ -378,7 +383,11 @@ class ProjectOptions:
         Raises OptionsError naming the first key that is unknown or holds a bad value.
         """
         base = cls(**{o.name: o.read(getattr(settings, o.name), o.env) for o in OPTIONS})
-        return base.with_params(extra_params or {})
+        options = base.with_params(extra_params or {})
+        if options.precision == "fp16" and getattr(settings, "device", "") == "cpu":
+            source = "precision" if "precision" in (extra_params or {}) else "PRECISION"
+            raise OptionsError(f"{source}='fp16' runs on a GPU only, and DEVICE=cpu: use 'bf16', 'fp32' or 'auto'")
+        return options
 
     def with_params(self, params: Mapping[str, Any]) -> ProjectOptions:
         """Return these options with `params` (extra_params keys; a later key for the same option wins) applied."""

@@ -58,7 +58,6 @@ class Settings:
     model_cache_dir: str = _env("MODEL_CACHE_DIR", "",
                                 "where open_clip / Hugging Face weights are cached or mounted (empty: their default)")
     device: str = _env("DEVICE", "auto", "`auto` (CUDA when present), `cpu`, `cuda`, `cuda:N`")
-    precision: str = _env("PRECISION", "fp32", "`fp32`, `fp16` or `bf16` (half precision on GPU only)")
     # HTTP API
     host: str = _env("HOST", "127.0.0.1",
                      "address the API listens on (`0.0.0.0`: every interface; docker compose sets that)")
@@ -128,8 +127,6 @@ class Settings:
             ProjectOptions.from_settings(self)
         except OptionsError as exc:  # two defaults that cannot work together
             raise SettingsError(f"the per-project defaults: {exc}") from None
-        if self.precision not in ("fp32", "fp16", "bf16"):
-            raise SettingsError(f"PRECISION must be fp32, fp16 or bf16, not {self.precision!r}")
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise SettingsError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         if not QUEUE_PREFIX_PATTERN.fullmatch(self.queue_prefix):

@@ -8,6 +8,13 @@ model in each (what a user waits for). Random weights (no download); same proces
 
     .venv/bin/python bench/bulk_throughput.py                 # ViT-B-16 at 448 px, 16 images
     .venv/bin/python bench/bulk_throughput.py --tiny --images 40
+    .venv/bin/python bench/bulk_throughput.py --scaling --images 8 [--precision fp32|bf16|auto] [--rounds 2]
+
+--scaling answers how to run workers on a CPU machine instead: images/s of the worker pipeline
+(`predict_payloads`, what an RQ worker runs on each batch of jobs it claims) in worker processes that
+have loaded the model and warmed up, timed from a barrier: one process with all cores' threads taking
+batches of 1 and of 8 jobs (WORKER_BATCH_SIZE), and one process per core, one thread each, batches of 1,
+the images split between them. Each configuration runs `--rounds` times in alternation, best of.
 
 Prints the figures last as one JSON line.
 """
@@ -16,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import shutil
 import sys
 import tempfile
@@ -70,6 +79,57 @@ def engine_loop(engine: HeatmapEngine, files: list[Path]) -> float:
     return time.perf_counter() - started
 
 
+def _scaling_worker(spec: PipelineLabelerSpec, jobs: list[ImageJob], batch: int, threads: int, barrier,
+                    results) -> None:
+    """One worker process: load and warm up, wait for the others, then label `jobs` `batch` at a time."""
+    torch.set_num_threads(threads)
+    labeler = spec()
+    labeler.label(jobs[:1])  # model load (and the precision probe), text cache, first-call allocations
+    barrier.wait()
+    started = time.perf_counter()
+    for start in range(0, len(jobs), batch):
+        labeler.label(jobs[start : start + batch])
+    results.put(time.perf_counter() - started)
+
+
+def scaling_rate(spec: PipelineLabelerSpec, jobs: list[ImageJob], *, processes: int, threads: int,
+                 batch: int) -> float:
+    """Return images/s of `processes` warmed-up worker processes sharing `jobs`, timed from a common start."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=_scaling_worker,
+                               args=(spec, jobs[index::processes], batch, threads, barrier, results))
+               for index in range(processes)]
+    for worker in workers:
+        worker.start()
+    try:
+        seconds = [results.get(timeout=3600) for _ in workers]
+    finally:
+        for worker in workers:
+            worker.join(timeout=60)
+    return len(jobs) / max(seconds)
+
+
+def scaling(spec: PipelineLabelerSpec, files: list[Path], rounds: int) -> dict:
+    """Return images/s of each worker layout (best of `rounds` alternating rounds) and the best layout."""
+    cores = os.cpu_count() or 1
+    jobs = [ImageJob(path.name, str(path), [0, 0]) for path in files]
+    layouts = {  # name: (processes, threads each, jobs per batch)
+        f"1x{cores}threads_batch1": (1, cores, 1),
+        f"1x{cores}threads_batch8": (1, cores, 8),
+        f"{cores}x1thread_batch1": (cores, 1, 1),
+    }
+    best: dict[str, float] = {}
+    for round_index in range(rounds):
+        for name, (processes, threads, batch) in layouts.items():
+            rate = scaling_rate(spec, jobs, processes=processes, threads=threads, batch=batch)
+            best[name] = max(best.get(name, 0.0), rate)
+            print(f"round {round_index + 1} {name:>22}: {rate:.3f} img/s", flush=True)
+    figures = {f"{name}_images_per_s": round(rate, 3) for name, rate in best.items()}
+    figures["best_layout"] = max(best, key=best.get)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=16)
@@ -77,6 +137,10 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="the tiny test ViT instead of ViT-B-16 (quick check)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=4, help="images per engine call in folder mode (CLI default)")
+    parser.add_argument("--scaling", action="store_true",
+                        help="worker layouts instead: one process at batch 1 and 8, against one process per core")
+    parser.add_argument("--precision", default=None, help="PRECISION of the run (default: the environment's, auto)")
+    parser.add_argument("--rounds", type=int, default=2, help="--scaling: alternating rounds, best of")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
 
@@ -92,11 +156,18 @@ def main() -> None:
         else:
             model, config = "ViT-B-16", ""
         settings = Settings.from_env(device="cpu" if not torch.cuda.is_available() else "auto")
-        options = ProjectOptions.from_settings(
-            settings, {"method": "gem", "model": model, "model_pretrained": "none", "model_config": config}
-        )
+        params = {"method": "gem", "model": model, "model_pretrained": "none", "model_config": config}
+        if args.precision:
+            params["precision"] = args.precision
+        options = ProjectOptions.from_settings(settings, params)
         vocabulary = parse_label_config(CONFIG)
         spec = PipelineLabelerSpec(settings=settings, options=options, vocabulary=vocabulary, folder=str(folder))
+        if args.scaling:
+            print(f"{len(files)} images {width}x{height}, {model} random weights, {len(LABELS)} labels, gem, "
+                  f"precision {options.precision}, {os.cpu_count()} cores", flush=True)
+            figures = scaling(spec, files, args.rounds)
+            print(json.dumps({"images": len(files), "model": model, "precision": options.precision, **figures}))
+            return
         labeler = spec()
         # Load the model and warm both paths once (first-call allocations, text embedding cache).
         labeler.label([ImageJob(files[0].name, str(files[0]), [0, 0])])

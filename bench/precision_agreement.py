@@ -1,8 +1,8 @@
 """Half precision against fp32 on what the user receives: raw maps, presence decisions and masks.
 
-The trained tiny CLIP of bench/localization.py runs the product's path (HeatmapEngine.analyze, then
-gem_engine.prelabel at its defaults) on held-out fixture scenes with the fixed 6-colour vocabulary, once
-per precision on one device. Against fp32 it reports the max and mean absolute difference of the raw
+The trained tiny CLIP of bench/localization.py runs the product's path (the model cast as load_model
+casts it for the precision, HeatmapEngine.analyze, then gem_engine.prelabel at its defaults) on held-out
+fixture scenes with the fixed 6-colour vocabulary, once per precision on one device. Against fp32 it reports the max and mean absolute difference of the raw
 label maps, the fraction of (image, label) pairs whose "has a region" decision flips, and the mean IoU
 of the two masks over the pairs where either has one (1.0 = identical pre-labels).
 
@@ -29,6 +29,7 @@ if str(ROOT) not in sys.path:
 from bench.localization import HELD_OUT_SEED, load_scenes_model  # noqa: E402
 from gem_engine.engine import HeatmapEngine  # noqa: E402
 from gem_engine.models import PRECISIONS  # noqa: E402
+from gem_engine.precision import cast_to_precision  # noqa: E402
 from gem_engine.prelabel import prelabel_regions  # noqa: E402
 from gem_engine.presence import PresenceOptions  # noqa: E402
 from tests import scenes  # noqa: E402
@@ -39,8 +40,10 @@ COLORS = [scenes.mention(color, None) for color in scenes.COLORS]
 def prelabels(device: str, precision: str, items: list[scenes.Scene], method: str):
     """Return per scene (raw label maps, {label: mask}) at one precision."""
     loaded = load_scenes_model()
-    dtype = PRECISIONS[precision]
-    loaded = dataclasses.replace(loaded, model=loaded.model.to(device, dtype), device=torch.device(device), dtype=dtype)
+    target = torch.device(device)
+    # The product's cast (gem_engine/precision.py): on CPU the vision tower only, text tower fp32.
+    model = cast_to_precision(loaded.model.to(target), precision, target)
+    loaded = dataclasses.replace(loaded, model=model, device=target, dtype=PRECISIONS[precision])
     engine = HeatmapEngine(loaded, method=method)
     background = PresenceOptions().background_prompts
     out = []

@@ -44,10 +44,12 @@ def gradcam_maps(
     visual = _visual_tower(model)
     _check_arguments(visual, pixels, text_embeddings, target, chunk_size)
     layer, capture = _activation_site(visual, layer, capture)
-    weights = next(visual.parameters())
-    device = weights.device
-    upcast = device.type == "cpu" and weights.dtype in (torch.float16, torch.bfloat16)
-    dtype = torch.float32 if upcast else weights.dtype
+    device = next(visual.parameters()).device
+    # open_clip's low-precision casts leave norms and embeddings in float32: the tower computes in the
+    # low precision of its other weights, and its first parameter does not tell.
+    weights_dtype = _compute_dtype(visual)
+    upcast = device.type == "cpu" and weights_dtype in (torch.float16, torch.bfloat16)
+    dtype = torch.float32 if upcast else weights_dtype
 
     # The caller may hold the model under inference_mode/no_grad (the GEM path does); gradients are
     # local to this call, and clones turn inference tensors into ones autograd may save.
@@ -61,6 +63,13 @@ def gradcam_maps(
         to_grid = _grid_layout(visual, activations, x.shape[0], x.shape[-2:])
         maps = cam_from_scores(scores, activations, to_grid=to_grid, chunk_size=chunk_size)
     return maps
+
+
+def _compute_dtype(visual: torch.nn.Module) -> torch.dtype:
+    """Return the tower's compute dtype: a half precision any of its weights has, else its weights' dtype."""
+    dtypes = {param.dtype for param in visual.parameters()}
+    low = [dtype for dtype in (torch.float16, torch.bfloat16) if dtype in dtypes]
+    return low[0] if low else next(visual.parameters()).dtype
 
 
 def cam_from_scores(

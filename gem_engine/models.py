@@ -12,6 +12,8 @@ import open_clip
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+from gem_engine.precision import CHOICES, cast_to_precision, resolve_precision
+
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The environment variables the backend reads; named in errors so that a user knows what to set.
@@ -170,7 +172,7 @@ def load_model(
     *,
     config_path: str | os.PathLike | None = None,
     device: str | torch.device = "auto",
-    precision: str = "fp32",
+    precision: str = "fp32",  # one of gem_engine.precision.CHOICES; "auto" is resolved for the device
     cache_dir: str | None = None,
     force_quick_gelu: bool | None = None,
 ) -> LoadedModel:
@@ -178,10 +180,12 @@ def load_model(
 
     `pretrained` is an open_clip tag, a local checkpoint path, or None (random weights).
     `force_quick_gelu=None` follows the tag (OpenAI weights were trained with QuickGELU).
+    On CPU, bf16 casts the vision tower only and fp16 is refused (gem_engine/precision.py).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision not in CHOICES:
+        raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(CHOICES)}")
     resolved_device = resolve_device(device)
+    precision = resolve_precision(precision, resolved_device)
     if config_path is not None:
         registered = register_config(config_path)
         if registered != name:
@@ -208,7 +212,8 @@ def load_model(
         model = open_clip.create_model(
             name,
             pretrained=checkpoint,
-            precision=precision,
+            # On CUDA open_clip casts the whole model; on CPU only the vision tower is cast, below.
+            precision=precision if resolved_device.type != "cpu" else "fp32",
             device=resolved_device,
             force_quick_gelu=quick_gelu,
             cache_dir=cache_dir,
@@ -217,6 +222,8 @@ def load_model(
         if checkpoint and ("state_dict" in str(error) or "size mismatch" in str(error)):
             raise UnsupportedModelError(f"checkpoint {checkpoint} does not fit model {name!r}: {error}") from error
         raise
+    if resolved_device.type == "cpu":
+        cast_to_precision(model, precision, resolved_device)
     model.eval()
     tokenizer = open_clip.get_tokenizer(name)
     preprocess = getattr(model.visual, "preprocess_cfg", {}) or {}
@@ -246,8 +253,14 @@ def wrap_model(
     mean: tuple[float, float, float] = OPENAI_DATASET_MEAN,
     std: tuple[float, float, float] = OPENAI_DATASET_STD,
 ) -> LoadedModel:
-    """Return a `LoadedModel` around an already built open_clip model (tests, benchmarks)."""
+    """Return a `LoadedModel` around an already built open_clip model (tests, benchmarks).
+
+    Its dtype is the vision tower's compute dtype: the low precision of any of its weights (a CPU bf16
+    model casts only the vision tower, and leaves its norms and embeddings fp32).
+    """
     param = next(model.parameters())
+    visual_dtypes = {p.dtype for p in model.visual.parameters()}
+    low = [dtype for dtype in (torch.bfloat16, torch.float16) if dtype in visual_dtypes]
     image_size = getattr(model.visual, "image_size", 224)
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
@@ -257,7 +270,7 @@ def wrap_model(
         name=name,
         pretrained=None,
         device=param.device,
-        dtype=param.dtype,
+        dtype=low[0] if low else param.dtype,
         image_size=(int(image_size[0]), int(image_size[1])),
         mean=tuple(mean),  # type: ignore[arg-type]
         std=tuple(std),  # type: ignore[arg-type]

@@ -1,12 +1,13 @@
-"""Linear layers through oneDNN for fp32 inference on CPU, with the usual ops elsewhere.
+"""Linear layers through oneDNN for fp32 and bf16 inference on CPU, with the usual ops elsewhere.
 
 PyTorch sends fp32 ``F.linear`` and ``addmm`` to its BLAS, which on some x86 CPUs (AMD's among
 them) runs at half the speed oneDNN reaches on the same cores (``bench/gem_speed.py`` measures the
 end-to-end effect). oneDNN computes in fp32 too, so maps agree with the BLAS path to float32
-rounding. These helpers take the oneDNN route only where it applies: a CPU float32 tensor, no
-autograd recording (Grad-CAM differentiates through the model, and the oneDNN op has no backward),
-and a PyTorch build that has the op. Everywhere else they call the standard op, so CUDA and half
-precision are unchanged.
+rounding. In bf16 (gem_engine/precision.py) the same op fuses the GELU and the residual sum into the
+product, which PyTorch's bf16 ``F.linear`` (oneDNN too) does in separate passes. These helpers take the
+oneDNN route only where it applies: a CPU float32 or bfloat16 tensor, no autograd recording (Grad-CAM
+differentiates through the model, and the oneDNN op has no backward), and a PyTorch build that has the
+op. Everywhere else they call the standard op, so CUDA and fp16 are unchanged.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ _LINEAR = _linear_op()
 
 
 def applies(x: torch.Tensor) -> bool:
-    """Return whether ``x`` takes the oneDNN route: CPU float32, gradients off, op present."""
+    """Return whether ``x`` takes the oneDNN route: CPU float32 or bfloat16, gradients off, op present."""
     return (
         enabled
         and _LINEAR is not None
         and x.device.type == "cpu"
-        and x.dtype == torch.float32
+        and x.dtype in (torch.float32, torch.bfloat16)
         and not torch.is_grad_enabled()
     )
 

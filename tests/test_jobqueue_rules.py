@@ -129,7 +129,7 @@ def test_reaped_jobs_go_back_at_the_front_of_their_queue(redis_url, conn, prefix
 def test_due_retries_are_queued_by_reaps_once_and_not_before_their_time(redis_url, conn, prefix):
     """A retry waits its backoff in RQ's scheduled registry; the workers' reaps queue it when it is due (no
     RQ scheduler process, which dies with a Redis outage), each once whichever worker reaps first."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import UTC, datetime, timedelta
 
     settings = _settings(redis_url, prefix, 1)
     ids = []
@@ -138,7 +138,7 @@ def test_due_retries_are_queued_by_reaps_once_and_not_before_their_time(redis_ur
         assert rq_queue.enqueue(conn, settings, payload, interactive=False) == "enqueued"
         ids.append(payload["job_id"])
     batch = rq_queue.get_queues(conn, prefix)[1]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for job_id, when in ((ids[0], now - timedelta(seconds=1)), (ids[1], now + timedelta(hours=1))):
         assert conn.lrem(batch.key, 1, job_id) == 1
         batch.schedule_job(Job.fetch(job_id, connection=conn, serializer=JSONSerializer), when)

@@ -1,4 +1,4 @@
-"""The oneDNN route for CPU fp32 inference: same numbers as the standard ops, and only where it applies."""
+"""The oneDNN route for CPU fp32 and bf16 inference: same numbers as the standard ops, and only where it applies."""
 
 import pytest
 import torch
@@ -18,7 +18,8 @@ def test_this_build_has_the_onednn_route():
     with torch.no_grad():
         assert onednn.applies(torch.zeros(2, 3))
         assert not onednn.applies(torch.zeros(2, 3, dtype=torch.float64))
-        assert not onednn.applies(torch.zeros(2, 3, dtype=torch.bfloat16))
+        assert not onednn.applies(torch.zeros(2, 3, dtype=torch.float16))
+        assert onednn.applies(torch.zeros(2, 3, dtype=torch.bfloat16))
 
 
 @pytest.mark.parametrize("activation", [None, torch.nn.GELU(), torch.nn.GELU(approximate="tanh"), QuickGELU()])
@@ -65,3 +66,23 @@ def test_gem_stream_is_the_same_on_both_routes(tiny_vit, monkeypatch):
         standard = run_streams(tiny_vit.visual, pixels, GemOptions(blocks=2), want_original=True)
     torch.testing.assert_close(fast.gem, standard.gem, atol=1e-5, rtol=0)
     torch.testing.assert_close(fast.original, standard.original, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("activation", [None, torch.nn.GELU(), QuickGELU()])
+def test_bf16_products_and_sums_match_the_standard_bf16_ops(activation):
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(2, 5, 64), torch.randn(48, 64) * 0.1, torch.randn(48)
+    residual = torch.randn(2, 5, 48)
+    x, weight, bias, residual = (t.bfloat16() for t in (x, weight, bias, residual))
+    with torch.inference_mode():
+        out = onednn.linear(x, weight, bias, activation)
+        summed = onednn.linear_add(x, weight, bias, residual)
+        expected = F.linear(x.float(), weight.float(), bias.float())
+    assert out.dtype == summed.dtype == torch.bfloat16
+    # bf16 keeps 8 bits of mantissa: both routes round the fp32 result once, to within a few bf16 steps.
+    if activation is not None:
+        expected_activated = activation(expected)
+    else:
+        expected_activated = expected
+    torch.testing.assert_close(out.float(), expected_activated, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(summed.float(), residual.float() + expected, atol=0.05, rtol=0.02)

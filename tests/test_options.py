@@ -48,6 +48,7 @@ EXAMPLES = {
     "background_prompts": "background, wall, floor",
     "background_threshold": "0.4",
     "logit_scale": "50",
+    "precision": "bf16",
 }
 BAD = {
     "method": "sam",
@@ -66,6 +67,7 @@ BAD = {
     "label_presence_thresholds": "cat:0.3",
     "background_threshold": "-0.1",
     "logit_scale": "0",
+    "precision": "fp8",
 }
 VERSION_CELL = {"spelled": "in its name", "hashed": "in its hash", "none": "no"}
 
@@ -128,7 +130,7 @@ def test_the_model_version_changes_only_on_purpose():
     # Pinned so that a reordered table or a changed fingerprint shows here. Adding an option changes every version
     # (its value enters the digest), which is intended: a release with new options makes different predictions,
     # and Label Studio must not mix them with the old ones. Update the pin in the commit that adds the option.
-    assert model_version(ProjectOptions.from_settings(DEFAULTS)) == "gem-labeler-gem-ViT-B-16-openai-042c7820"
+    assert model_version(ProjectOptions.from_settings(DEFAULTS)) == "gem-labeler-gem-ViT-B-16-openai-f618ad0b"
     explicit = ProjectOptions.from_settings(DEFAULTS, {o.key: spell(o.default) for o in OPTIONS})
     assert model_version(explicit) == model_version(ProjectOptions.from_settings(DEFAULTS))
     custom = ProjectOptions.from_settings(DEFAULTS, {
@@ -190,11 +192,13 @@ def test_readme_documents_every_option_as_declared():
 def test_the_engine_choices_are_the_engines_own():
     from backend import options
     from gem_engine.engine import METHODS
+    from gem_engine.precision import CHOICES
     from gem_engine.preprocess import INPUT_MODES
     from gem_engine.text import TEMPLATE_SETS
 
     assert set(options.METHOD_CHOICES) <= set(METHODS)
     assert options.INPUT_MODES == INPUT_MODES and options.TEMPLATE_SETS == TEMPLATE_SETS
+    assert set(options.PRECISIONS) == set(CHOICES)
 
 
 def test_options_that_cannot_work_together_are_refused_where_they_are_given():
@@ -237,3 +241,31 @@ def test_every_engine_option_reaches_the_engine_the_workers_and_folders_use(tiny
         96, "sliding", "ensemble", 2)
     gem = cache.get(ProjectOptions.from_settings(settings, {"gem_blocks": 1}))
     assert gem.gem_options.blocks == 1 and default.gem_options.blocks != 1
+
+
+def test_precision_reaches_the_loaded_model_and_fp16_is_refused_on_a_cpu_deployment(tiny_vit_checkpoint):
+    import torch
+
+    from backend.labeling.pipeline import EngineCache
+
+    settings = Settings.from_env({"DEVICE": "cpu", "MODEL_NAME": tiny_vit_checkpoint["model_name"],
+                                  "MODEL_CONFIG": tiny_vit_checkpoint["model_config"],
+                                  "MODEL_PRETRAINED": tiny_vit_checkpoint["pretrained"], "PRECISION": "fp32"})
+    cache = EngineCache(settings)
+    fp32 = cache.get(ProjectOptions.from_settings(settings))
+    bf16 = cache.get(ProjectOptions.from_settings(settings, {"precision": "bf16"}))
+    assert fp32.loaded.dtype == torch.float32 and bf16.loaded.dtype == torch.bfloat16
+    assert bf16.loaded.model is not fp32.loaded.model
+    with pytest.raises(OptionsError, match="^precision='fp16' runs on a GPU only, and DEVICE=cpu"):
+        ProjectOptions.from_settings(settings, {"precision": "fp16"})
+    # DEVICE=auto may find a GPU: the API accepts fp16, and a CPU-only worker refuses it when it loads the model.
+    assert ProjectOptions.from_settings(DEFAULTS, {"precision": "fp16"}).precision == "fp16"
+
+
+@pytest.mark.parametrize("value", ["auto", "fp32", "bf16", "fp16"])
+def test_precision_reads_the_same_from_variable_extra_param_and_flag(value):
+    option = next(o for o in OPTIONS if o.name == "precision")
+    assert option.default == "auto"
+    from_env = ProjectOptions.from_settings(Settings.from_env({"PRECISION": value}))
+    from_params = ProjectOptions.from_settings(DEFAULTS, {"precision": value})
+    assert from_env.precision == from_params.precision == _from_flag(option, value).precision == value

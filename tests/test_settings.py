@@ -154,7 +154,9 @@ def test_smallest_allowed_values_are_accepted(environ):
     ({"BASIC_AUTH_PASS": "p"}, "^set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither$"),
     ({"PREDICT_WAIT_S": "-1"}, r"^PREDICT_WAIT_S must be >= 0, not -1.0$"),
     ({"JOB_RETRIES": "-1"}, "^JOB_RETRIES must be >= 0, not -1$"),
-    ({"PRECISION": "FP16"}, "^PRECISION must be fp32, fp16 or bf16, not 'FP16'$"),
+    ({"PRECISION": "FP16"}, "^PRECISION must be 'auto', 'fp32', 'bf16' or 'fp16', not 'FP16'$"),
+    ({"PRECISION": "fp16", "DEVICE": "cpu"},
+     "^the per-project defaults: PRECISION='fp16' runs on a GPU only, and DEVICE=cpu: use 'bf16', 'fp32' or 'auto'$"),
     ({"PUSH_BACKOFF_S": "0"}, "^PUSH_BACKOFF_S must be positive, not 0.0$"),
 ])
 def test_error_messages_in_full(environ, message):

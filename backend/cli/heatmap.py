@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from backend.labeling.overlays import COLORMAPS, render_label_overlay
+from backend.options import PRECISIONS
 
 METHODS = ("gem", "gradcam", "patch", "qk", "vv")  # gem_engine.engine.METHODS, without importing torch here
 
@@ -90,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained", help="open_clip tag or checkpoint file (default: MODEL_PRETRAINED)")
     parser.add_argument("--model-config", help="JSON open_clip config of a custom model (default: MODEL_CONFIG)")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: DEVICE)")
-    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="(default: PRECISION)")
+    parser.add_argument("--precision", choices=PRECISIONS, help="auto, fp32, bf16, fp16 (GPU only) (default: PRECISION)")
     parser.add_argument("--input-mode", default="square", help="engine input mode (square as the GEM reference)")
     parser.add_argument("--image-size", type=int, help="engine input side in pixels (default 448; Grad-CAM: model's)")
 

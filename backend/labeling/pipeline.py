@@ -88,12 +88,13 @@ class EngineCache:
                     None if pretrained.lower() in ("", "none") else pretrained,
                     config_path=options.model_config or None,
                     device=self.settings.device,
-                    precision=self.settings.precision,
+                    precision=options.precision,
                     cache_dir=self.settings.model_cache_dir or None,
                 )
                 self._models[model_key] = loaded
-                log.info("loaded model %s (%s) on %s in %.1f s", options.model_name, pretrained or "random",
-                         loaded.device, time.monotonic() - started)
+                log.info("loaded model %s (%s) on %s, %s (precision %s), in %.1f s", options.model_name,
+                         pretrained or "random", loaded.device, loaded.dtype, options.precision,
+                         time.monotonic() - started)
             engine = HeatmapEngine(loaded, method=options.method, **engine_options(options))
             self._engines[key] = engine
         return engine
