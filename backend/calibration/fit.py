@@ -183,7 +183,9 @@ def search(examples: Sequence[Example], labels: Sequence[str], base: ProjectOpti
         for value in values:
             trial = {**params, key: value}
             got = quality(examples, labels, base.with_params(trial), background_labels)
-            if got.miou > best.miou + 1e-9:
+            # The adoption rule's test: a move that buys mIoU with presence F1 (dropping labels that are
+            # there) overfits the few annotated images and would not be adopted anyway.
+            if got.beats(best):
                 params, best = trial, got
     per_label = _label_thresholds(examples, labels, base.with_params(params), background_labels, min_examples)
     if per_label:
