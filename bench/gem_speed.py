@@ -149,18 +149,6 @@ class Side:
         self.process.wait(timeout=60)
 
 
-def _best_seconds(run, repeats: int = 3) -> float:
-    import time
-
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def roofline(engine, image, labels, threads: int) -> dict:
     """Return the counted FLOPs of one image through `engine` and the machine's rates for the same shapes."""
     from collections import Counter
@@ -170,6 +158,7 @@ def roofline(engine, image, labels, threads: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
     from gem_engine import onednn
+    from gem_engine.precision import best_seconds
 
     linear_shapes: Counter = Counter()  # (rows, in, out) -> calls per image
     attention_shapes: Counter = Counter()  # (q shape, k shape) -> calls per image
@@ -209,14 +198,14 @@ def roofline(engine, image, labels, threads: int) -> dict:
                 if dtype == torch.float32:  # and BLAS: whichever is faster is the peak
                     routes.append(lambda operands=operands: F.linear(*operands))
                 flops += calls * 2 * rows * width * out
-                seconds += calls * min(_best_seconds(route) for route in routes)
+                seconds += calls * min(best_seconds(route) for route in routes)
             rates[f"matmul_peak_{name}_gflops"] = round(flops / seconds / 1e9, 1)
             flops = seconds = 0.0
             for (q_shape, k_shape), calls in attention_shapes.items():
                 q = torch.randn(q_shape, generator=generator).to(dtype)
                 k = torch.randn(k_shape, generator=generator).to(dtype)
                 flops += calls * sdpa_flop_count(q_shape, k_shape, k_shape)
-                seconds += calls * _best_seconds(lambda q=q, k=k: F.scaled_dot_product_attention(q, k, k))
+                seconds += calls * best_seconds(lambda q=q, k=k: F.scaled_dot_product_attention(q, k, k))
             rates[f"attention_{name}_gflops"] = round(flops / seconds / 1e9, 1)
     # The fastest an image could go if every product ran at the rate measured for its shapes (the rest:
     # convolution, projections, at the linear layers' rate): what bf16 can gain at most over fp32 here.

@@ -48,8 +48,9 @@ def cpu_has_native_bf16() -> bool:
     return any(flag in flags for flag in CPU_BF16_FLAGS)
 
 
-def _best_seconds(run: Callable[[], object], repeats: int) -> float:
-    run()  # first call: oneDNN builds its kernel
+def best_seconds(run: Callable[[], object], repeats: int = 3) -> float:
+    """Return the fastest of `repeats` timed calls of `run`, after one untimed call (oneDNN builds its kernel)."""
+    run()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -69,7 +70,7 @@ def probe_bf16_speedup(repeats: int = 3) -> float:
     with torch.inference_mode():
         for dtype in (torch.float32, torch.bfloat16):
             args = (x.to(dtype), weight.to(dtype), bias.to(dtype))
-            seconds[dtype] = _best_seconds(lambda args=args: onednn.linear(*args), repeats)
+            seconds[dtype] = best_seconds(lambda args=args: onednn.linear(*args), repeats)
     return seconds[torch.float32] / seconds[torch.bfloat16]
 
 

@@ -97,6 +97,16 @@ def test_transient_failure_is_retried_job_retries_times_in_batch_only(
 # ------------------------------------------------------------------------------------------ reaper
 
 
+def _enqueue_tasks(conn: redis.Redis, settings: Settings, count: int) -> list[str]:
+    """Queue `count` batch jobs (tasks 0..count-1, images nobody serves); return their ids in queue order."""
+    ids = []
+    for task in range(count):
+        payload = _payload(settings, task, f"http://127.0.0.1:9/{task}.png")
+        assert rq_queue.enqueue(conn, settings, payload, interactive=False) == "enqueued"
+        ids.append(payload["job_id"])
+    return ids
+
+
 def _fake_started(conn: redis.Redis, queue, job_id: str, worker_name: str) -> None:
     """Put a queued job where RQ puts a running one (started registry + execution hash), held by `worker_name`."""
     assert conn.lrem(queue.key, 1, job_id) == 1
@@ -108,11 +118,7 @@ def test_reaped_jobs_go_back_at_the_front_of_their_queue(redis_url, conn, prefix
     """A job taken back from a dead worker (or from limbo) already waited its turn: it runs next, before the
     jobs queued after it, not behind them."""
     settings = _settings(redis_url, prefix, 0)
-    ids = []
-    for task in range(5):
-        payload = _payload(settings, task, f"http://127.0.0.1:9/{task}.png")
-        assert rq_queue.enqueue(conn, settings, payload, interactive=False) == "enqueued"
-        ids.append(payload["job_id"])
+    ids = _enqueue_tasks(conn, settings, 5)
     batch = rq_queue.get_queues(conn, prefix)[1]
     assert batch.get_job_ids() == ids
     # Job 0 was running on a worker that died; job 1 was popped into RQ's intermediate list and never started.
@@ -132,11 +138,7 @@ def test_due_retries_are_queued_by_reaps_once_and_not_before_their_time(redis_ur
     from datetime import UTC, datetime, timedelta
 
     settings = _settings(redis_url, prefix, 1)
-    ids = []
-    for task in range(3):
-        payload = _payload(settings, task, f"http://127.0.0.1:9/{task}.png")
-        assert rq_queue.enqueue(conn, settings, payload, interactive=False) == "enqueued"
-        ids.append(payload["job_id"])
+    ids = _enqueue_tasks(conn, settings, 3)
     batch = rq_queue.get_queues(conn, prefix)[1]
     now = datetime.now(UTC)
     for job_id, when in ((ids[0], now - timedelta(seconds=1)), (ids[1], now + timedelta(hours=1))):
