@@ -123,6 +123,18 @@ def number(low: float | None = None, high: float | None = None, *, high_open: bo
     return Kind("float", read)
 
 
+def share_or_auto() -> Kind:
+    """Return the kind of a share in (0, 1], or "auto" (the engine decides)."""
+    share = number(0.0, 1.0, low_open=True)
+
+    def read(raw: Any) -> float | str:
+        if isinstance(raw, str) and raw.strip().lower() == "auto":
+            return "auto"
+        return share.read(raw)
+
+    return Kind("float | str", read)
+
+
 def whole(low: int, high: int, *, auto: bool = False) -> Kind:
     """Return the kind of a whole number in [low, high]; with `auto`, also "auto" (the engine decides)."""
     needed = "a whole number or 'auto'" if auto else "a whole number"
@@ -339,6 +351,12 @@ OPTIONS: tuple[Option, ...] = (
            "model precision: `auto` (bf16 on a CPU with native bf16 where a start-up probe finds it faster, "
            "else fp32; fp32 on GPU), `fp32`, `bf16` (CPU: vision tower only) or `fp16` (GPU only)",
            stage="model"),
+    Option("window_size", "WINDOW_SIZE", "--window-size", whole(16, 2048, auto=True), "auto",
+           "input_mode `sliding`: window edge in pixels; `auto`: `image_size` (the papers' protocol: 224 over a "
+           "336 px shorter side)", stage="engine"),
+    Option("window_stride", "WINDOW_STRIDE", "--window-stride", share_or_auto(), "auto",
+           "input_mode `sliding`: step between windows as a share of the window (0.5: half a window, the papers' "
+           "112 px for 224); `auto`: 2/3", stage="engine"),
 )
 # extra_params key (and alias) -> option
 BY_KEY: dict[str, Option] = {key: o for o in OPTIONS for key in (o.key, *o.aliases)}

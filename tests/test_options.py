@@ -49,6 +49,10 @@ EXAMPLES = {
     "background_threshold": "0.4",
     "logit_scale": "50",
     "precision": "bf16",
+    "score_slope": "0.5",
+    "score_offset": "-1.25",
+    "window_size": "224",
+    "window_stride": "0.5",
 }
 BAD = {
     "method": "sam",
@@ -68,6 +72,10 @@ BAD = {
     "background_threshold": "-0.1",
     "logit_scale": "0",
     "precision": "fp8",
+    "score_slope": "0",
+    "score_offset": "101",
+    "window_size": "8",
+    "window_stride": "1.5",
 }
 VERSION_CELL = {"spelled": "in its name", "hashed": "in its hash", "none": "no"}
 
@@ -130,7 +138,7 @@ def test_the_model_version_changes_only_on_purpose():
     # Pinned so that a reordered table or a changed fingerprint shows here. Adding an option changes every version
     # (its value enters the digest), which is intended: a release with new options makes different predictions,
     # and Label Studio must not mix them with the old ones. Update the pin in the commit that adds the option.
-    assert model_version(ProjectOptions.from_settings(DEFAULTS)) == "gem-labeler-gem-ViT-B-16-openai-f618ad0b"
+    assert model_version(ProjectOptions.from_settings(DEFAULTS)) == "gem-labeler-gem-ViT-B-16-openai-2ac78d29"
     explicit = ProjectOptions.from_settings(DEFAULTS, {o.key: spell(o.default) for o in OPTIONS})
     assert model_version(explicit) == model_version(ProjectOptions.from_settings(DEFAULTS))
     custom = ProjectOptions.from_settings(DEFAULTS, {
@@ -235,10 +243,12 @@ def test_every_engine_option_reaches_the_engine_the_workers_and_folders_use(tiny
         448, "square", "single", 0)
     chosen = cache.get(ProjectOptions.from_settings(settings, {
         "image_size": 96, "input_mode": "sliding", "templates": "ensemble", "gem_blocks": 1, "pamr_iterations": 2,
-        "method": "naclip"}))
+        "method": "naclip", "window_size": 64, "window_stride": 0.5}))
     assert chosen is not default and chosen.method == "naclip"
     assert (chosen.size, chosen.options.input_mode, chosen.options.templates, chosen.options.pamr_iterations) == (
         96, "sliding", "ensemble", 2)
+    assert (chosen.options.window_size, chosen.options.window_stride) == (64, 0.5)
+    assert (default.options.window_size, default.options.window_stride) == (None, 2 / 3)
     gem = cache.get(ProjectOptions.from_settings(settings, {"gem_blocks": 1}))
     assert gem.gem_options.blocks == 1 and default.gem_options.blocks != 1
 

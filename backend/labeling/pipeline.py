@@ -116,6 +116,8 @@ def engine_options(options: ProjectOptions) -> dict[str, Any]:
         "templates": options.templates,
         "gem_blocks": options.gem_blocks,
         "pamr_iterations": options.pamr_iterations,
+        "window_size": options.window_size,
+        "window_stride": options.window_stride,
     }
     return {name: value for name, value in chosen.items() if value != "auto"}
 
