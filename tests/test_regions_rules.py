@@ -496,3 +496,12 @@ def test_scores_and_coordinates_are_rounded():
     region = extract_regions(maps, ["a"], (30, 20), RegionOptions(mode="independent", threshold=0.2))[0]
     assert region.score == round(region.score, 6) and region.score != round(region.score, 5)
     assert all(v == round(v, 4) for polygon in region.polygons for point in polygon for v in point)
+
+
+def test_triangle_polygon_without_simplification_keeps_only_its_turns():
+    # Lower-left triangle of a 40-pixel square: the left and bottom edges with cut corners, and the staircase
+    # hypotenuse, whose edge midpoints all lie on one 45-degree line from (0.5, 0) to (40, 39.5) pixels.
+    (polygon,) = _polygons(np.tril(np.ones((40, 40), dtype=bool)), polygon_tolerance=0)
+    corners = [(39.5, 40), (0.5, 40), (0, 39.5), (0, 0.5), (0.5, 0), (40, 39.5)]
+    assert set(polygon) == {(round(x / 40 * 100, 4), round(y / 40 * 100, 4)) for x, y in corners}
+    assert len(polygon) == 6
