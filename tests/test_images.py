@@ -338,3 +338,157 @@ def test_any_bytes_decode_or_raise_image_error(data: bytes):
         assert exc.reason in ("undecodable", "too_large")
     else:
         assert image.mode == "RGB"
+
+
+# ----------------------------------------------------------------------------------------- exact conversions
+# Every non-RGB mode ends up as RGB with values computed here by hand: 16-bit and 32-bit integers scale from
+# 0..65535 (or 0..255 when no value is above 255) to 0..255, truncated; float images stretch min..max to
+# 0..255 (NaN as 0); transparency is composited on white.
+
+
+def _encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
+    from io import BytesIO
+
+    buffer = BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _gray(data: bytes) -> list[int]:
+    rgb = np.asarray(decode_image(data)).astype(int)
+    assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+    return rgb[..., 0].ravel().tolist()
+
+
+def test_sixteen_bit_values_scale_by_65535():
+    values = np.array([[0, 16384, 32768, 65535]], dtype=np.uint16)
+    image = Image.fromarray(values)
+    assert image.mode.startswith("I;16")
+    # v / 65535 * 255, truncated: 63.75 -> 63, 127.50 -> 127.
+    assert _gray(_encoded(image)) == [0, 63, 127, 255]
+
+
+@pytest.mark.parametrize(("values", "expected"), [([0, 100, 255, 256], [0, 0, 0, 0]), ([0, 100, 200, 255], [0, 100, 200, 255])])
+def test_thirty_two_bit_integers_scale_by_255_or_65535(values, expected):
+    image = Image.fromarray(np.array([values], dtype=np.int32), mode="I")
+    if max(values) > 255:  # 0..65535 range: 100 -> 0.39, 255 -> 0.99, 256 -> 0.996, all truncated to 0
+        assert _gray(_encoded(image, "TIFF")) == expected
+    else:  # 0..255 range: unchanged
+        assert _gray(_encoded(image, "TIFF")) == expected
+    big = Image.fromarray(np.array([[0, 1000, 65535, 32768]], dtype=np.int32), mode="I")
+    assert _gray(_encoded(big, "TIFF")) == [0, 3, 255, 127]  # 3.89 -> 3, 127.5 -> 127
+
+
+def test_float_images_stretch_their_own_range():
+    image = Image.fromarray(np.array([[2.0, 3.0, 4.0, 6.0]], dtype=np.float32), mode="F")
+    assert _gray(_encoded(image, "TIFF")) == [0, 63, 127, 255]  # (v - 2) / 4 * 255: 63.75, 127.5
+    flat = Image.fromarray(np.full((1, 3), 5.0, dtype=np.float32), mode="F")
+    assert _gray(_encoded(flat, "TIFF")) == [0, 0, 0]
+    negative = Image.fromarray(np.array([[-6.0, -4.0, -2.0]], dtype=np.float32), mode="F")
+    assert _gray(_encoded(negative, "TIFF")) == [0, 127, 255]
+    with_nan = Image.fromarray(np.array([[np.nan, 1.0, 3.0]], dtype=np.float32), mode="F")
+    assert _gray(_encoded(with_nan, "TIFF")) == [0, 0, 255]
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_alpha_is_composited_on_white(mode):
+    if mode == "RGBA":
+        pixels = np.array([[[10, 20, 30, 255], [10, 20, 30, 0], [200, 0, 100, 255]]], dtype=np.uint8)
+        expected = [[10, 20, 30], [255, 255, 255], [200, 0, 100]]
+    else:
+        pixels = np.array([[[40, 255], [40, 0], [90, 255]]], dtype=np.uint8)
+        expected = [[40, 40, 40], [255, 255, 255], [90, 90, 90]]
+    image = Image.fromarray(pixels, mode=mode)
+    assert np.asarray(decode_image(_encoded(image))).tolist() == [expected]
+
+
+def test_palette_without_transparency_keeps_its_colours():
+    image = Image.new("P", (2, 1))
+    image.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    image.putpixel((1, 0), 1)
+    assert "transparency" not in Image.open(__import__("io").BytesIO(_encoded(image))).info
+    assert np.asarray(decode_image(_encoded(image))).tolist() == [[[255, 0, 0], [0, 0, 255]]]
+
+
+# ----------------------------------------------------------------------------------------- exact errors
+
+
+@pytest.mark.parametrize(
+    ("status", "is_ls", "reason", "retryable", "message"),
+    [
+        (404, True, "not_found", False, "Label Studio answered 404 Not Found for http://ls.test:8080/data/a.png?…"),
+        (404, False, "not_found", False, "image host answered 404 Not Found for http://ls.test:8080/data/a.png?…"),
+        (401, True, "auth", False,
+         "Label Studio refused access (401) to http://ls.test:8080/data/a.png?… (check LABEL_STUDIO_API_KEY)"),
+        (403, False, "auth", False, "image host refused access (403) to http://ls.test:8080/data/a.png?…"),
+        (408, False, "unreachable", True, "image host answered 408 for http://ls.test:8080/data/a.png?…"),
+        (429, True, "unreachable", True, "Label Studio answered 429 for http://ls.test:8080/data/a.png?…"),
+        (500, True, "unreachable", True, "Label Studio answered 500 for http://ls.test:8080/data/a.png?…"),
+        (499, False, "unreachable", False, "image host answered 499 for http://ls.test:8080/data/a.png?…"),
+        (409, False, "unreachable", False, "image host answered 409 for http://ls.test:8080/data/a.png?…"),
+        (430, False, "unreachable", False, "image host answered 430 for http://ls.test:8080/data/a.png?…"),
+    ],
+)
+def test_http_statuses_become_errors_with_exact_messages(status, is_ls, reason, retryable, message):
+    error = images._describe_status(status, LS + "/data/a.png?X-Amz-Signature=secret", is_ls)
+    assert (error.reason, error.retryable, error.status, error.message) == (reason, retryable, status, message)
+
+
+def test_redacted_urls_keep_no_query_and_mark_only_a_real_one():
+    assert images._redact("https://b.example/k/a.png?sig=1") == "https://b.example/k/a.png?…"
+    assert images._redact("https://b.example/k/a.png") == "https://b.example/k/a.png"
+
+
+def test_local_file_errors_say_what_and_why(local_root: Path):
+    with pytest.raises(ImageError) as info:
+        images._read_file(local_root / "images" / "missing.png", 1000)
+    assert (info.value.reason, info.value.message) == ("not_found", "local file not found: missing.png")
+    with pytest.raises(ImageError) as info:
+        images._read_file(local_root / "images", 1000)
+    assert info.value.reason == "not_found" and info.value.message in (
+        "local path is a directory: images", "local path is not a regular file: images")
+    os.mkfifo(local_root / "images" / "pipe.png")
+    with pytest.raises(ImageError) as info:
+        images._read_file(local_root / "images" / "pipe.png", 1000)
+    assert (info.value.reason, info.value.message) == ("not_found", "local path is not a regular file: pipe.png")
+
+
+def test_local_file_byte_limit_is_inclusive(local_root: Path):
+    path = local_root / "images" / "ok.png"
+    size = path.stat().st_size
+    assert images._read_file(path, size) == path.read_bytes()
+    with pytest.raises(ImageError) as info:
+        images._read_file(path, size - 1)
+    assert (info.value.reason, info.value.message) == (
+        "too_large", f"local file is {size} bytes, over the {size - 1} byte limit")
+
+
+def test_data_uri_limits_and_encodings():
+    data = (CORPUS / "ok_rgb.png").read_bytes()
+    encoded = base64.b64encode(data).decode()
+    # Exactly at the byte cap: accepted (the text check allows len * 4 / 3 plus padding).
+    assert images._decode_data_uri("data:image/png;base64," + encoded, len(data)) == data
+    # Text longer than the cap allows is refused before decoding, even when it is not base64 at all.
+    limit = len(data) * 4 // 3 + 4
+    for length in (limit + 1, limit * 2):
+        with pytest.raises(ImageError) as info:
+            images._decode_data_uri("data:image/png;base64," + "!" * length, len(data))
+        assert (info.value.reason, info.value.message) == ("too_large", f"inline image is over the {len(data)} byte limit")
+    with pytest.raises(ImageError) as info:
+        images._decode_data_uri("data:image/png;base64," + "!" * limit, len(data))
+    assert info.value.reason == "invalid_url" and info.value.message.startswith("data: URI is not valid base64: ")
+    # Characters outside the base64 alphabet are an error, not silently skipped.
+    with pytest.raises(ImageError) as info:
+        images._decode_data_uri("data:image/png;base64," + encoded[:8] + "*" + encoded[8:], len(data))
+    assert info.value.reason == "invalid_url"
+    # Without ";base64" the payload is percent-encoded bytes; commas after the first belong to the payload.
+    from urllib.parse import quote_from_bytes
+
+    assert images._decode_data_uri("data:image/png," + quote_from_bytes(data), 3 * len(data)) == data
+    assert images._decode_data_uri("data:text/plain,a,b", 10) == b"a,b"
+    with pytest.raises(ImageError) as info:
+        images._decode_data_uri("data:image/png;base64", 10)
+    assert (info.value.reason, info.value.message) == ("invalid_url", "data: URI without a comma")
+    with pytest.raises(ImageError) as info:
+        images._decode_data_uri("data:image/png;base64," + encoded, len(data) - 1)
+    assert (info.value.reason, info.value.message) == ("too_large", f"inline image is over the {len(data) - 1} byte limit")
