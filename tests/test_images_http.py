@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import jwt
+import numpy as np
 import pytest
 
 from backend.labelstudio.images import ImageError, load_task_image
@@ -399,3 +400,96 @@ def test_error_statuses(serve, status: int, reason: str, retryable: bool):
     with pytest.raises(ImageError) as info:
         load_task_image("/data/a.png", settings_for(ls))
     assert (info.value.reason, info.value.retryable) == (reason, retryable)
+
+
+# ------------------------------------------------------------------------------------------ exact caps and errors
+
+
+def _unsized(body: bytes) -> Route:
+    """Reply 200 without Content-Length (HTTP/1.0: the body ends when the server closes)."""
+
+    def send(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "image/png")
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return send
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_byte_cap_is_inclusive_with_or_without_content_length(serve, declared: bool):
+    ls = serve()
+    ls.routes["/data/a.png"] = image if declared else _unsized(PNG)
+    assert load_task_image("/data/a.png", settings_for(ls, image_max_bytes=len(PNG))).size == (40, 30)
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/a.png", settings_for(ls, image_max_bytes=len(PNG) - 1))
+    expected = f"image is {len(PNG)} bytes, over the {len(PNG) - 1} byte limit" if declared else (
+        f"image is over the {len(PNG) - 1} byte limit")
+    assert (info.value.reason, info.value.message, info.value.retryable) == ("too_large", expected, False)
+
+
+def test_declared_oversize_is_refused_before_any_body_is_read(serve):
+    ls = serve()
+
+    def lying(handler):  # declares more than the cap, then sends a small body and closes
+        handler.send_response(200)
+        handler.send_header("Content-Length", "5000")
+        handler.end_headers()
+        handler.wfile.write(PNG[:100])
+
+    ls.routes["/data/a.png"] = lying
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/a.png", settings_for(ls, image_max_bytes=1000))
+    assert (info.value.reason, info.value.message) == ("too_large", "image is 5000 bytes, over the 1000 byte limit")
+
+
+def test_a_body_of_many_chunks_arrives_byte_for_byte(serve):
+    from io import BytesIO
+
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    buffer = BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=0)
+    big = buffer.getvalue()
+    assert len(big) > 300_000  # many network reads
+    ls = serve()
+    ls.routes["/data/big.png"] = _unsized(big)
+    assert np.array_equal(np.asarray(load_task_image("/data/big.png", settings_for(ls))), pixels)
+
+
+@pytest.mark.parametrize(("ctype", "shown"), [("image/png", "image/png"), (None, "none")])
+def test_empty_body_error_names_the_content_type(serve, ctype, shown):
+    ls = serve()
+    ls.routes["/data/a.png"] = lambda h: h.reply(200, b"", ctype)
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/a.png", settings_for(ls))
+    assert (info.value.reason, info.value.message) == ("undecodable", f"empty response body (content-type {shown})")
+
+
+def test_total_timeout_error_is_unreachable_and_says_the_limit(serve):
+    ls = serve()
+
+    def trickle(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        for _ in range(40):
+            handler.wfile.write(b"\0")
+            handler.wfile.flush()
+            time.sleep(0.05)
+
+    ls.routes["/data/trickle.png"] = trickle
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/trickle.png", settings_for(ls, fetch_read_timeout_s=1.0, fetch_total_timeout_s=0.5))
+    assert (info.value.reason, info.value.message, info.value.retryable) == (
+        "unreachable", "image download took over 0.5 s", True)
+
+
+def test_error_from_an_image_host_never_shows_the_signed_query(serve):
+    ls = serve()
+    with pytest.raises(ImageError) as info:
+        load_task_image(f"{ls.url}/x/a.png?X-Amz-Signature=secret",
+                        SimpleNamespace(allowed_image_hosts=("127.0.0.1",), allow_private_addresses=True))
+    assert info.value.message == f"image host answered 404 Not Found for {ls.url}/x/a.png?…"
