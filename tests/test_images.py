@@ -492,3 +492,72 @@ def test_data_uri_limits_and_encodings():
     with pytest.raises(ImageError) as info:
         images._decode_data_uri("data:image/png;base64," + encoded, len(data) - 1)
     assert (info.value.reason, info.value.message) == ("too_large", f"inline image is over the {len(data) - 1} byte limit")
+
+
+SUPPORTED = "not a supported image (JPEG, PNG, GIF, WEBP, BMP, TIFF)"
+
+
+@pytest.mark.parametrize("fmt", ["PPM", "ICO", "PCX", "TGA", "SGI", "IM"])
+def test_formats_pillow_could_read_but_we_do_not_accept_are_refused(fmt):
+    """Only the six raster formats are opened; Pillow would read these (and EPS, PDF, PSD...) if asked."""
+    from io import BytesIO
+
+    buffer = BytesIO()
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(buffer, format=fmt)
+    with pytest.raises(ImageError) as info:
+        decode_image(buffer.getvalue())
+    assert (info.value.reason, info.value.message) == ("undecodable", SUPPORTED)
+
+
+@pytest.mark.parametrize(
+    ("data", "hint"),
+    [
+        (b"<html><body>Login</body></html>", True),
+        (b" \r\n\t<!DOCTYPE html><html></html>", True),
+        (b'{"detail": "Not found."}', True),
+        (b"\n  [1, 2, 3]", False),
+        (b"GIF-ish but not an image at all", False),
+    ],
+)
+def test_unsupported_bytes_hint_at_html_or_json_only_when_they_look_like_it(data: bytes, hint: bool):
+    with pytest.raises(ImageError) as info:
+        decode_image(data)
+    expected = SUPPORTED + (" (looks like HTML/text, not an image)" if hint else "")
+    assert (info.value.reason, info.value.message) == ("undecodable", expected)
+
+
+def test_decode_error_messages_are_exact():
+    with pytest.raises(ImageError) as info:
+        decode_image(b"")
+    assert (info.value.reason, info.value.message) == ("undecodable", "image is empty (0 bytes)")
+    with pytest.raises(ImageError) as info:
+        decode_image((CORPUS / "truncated.png").read_bytes())
+    assert info.value.message == "corrupt or truncated image: OSError: image file is truncated"
+    with pytest.raises(ImageError) as info:
+        decode_image((CORPUS / "ok_rgb.png").read_bytes(), max_pixels=40 * 30 - 1)
+    assert info.value.message == "image is 40x30 = 1200 pixels, over the 1199 pixel limit"
+
+
+def test_local_files_url_errors_are_exact(policy: FetchPolicy):
+    cases = [
+        ("/data/local-files/?d=", "invalid_url", "local-files URL has no ?d= path"),
+        ("/data/local-files/", "invalid_url", "local-files URL has no ?d= path"),
+        ("/data/local-files/?d=images/a%00.png", "forbidden", "local-files path contains a NUL byte"),
+        ("/data/local-files/?d=../secret.png", "forbidden",
+         "local-files path '../secret.png' escapes LOCAL_FILES_DOCUMENT_ROOT"),
+    ]
+    for url, reason, message in cases:
+        with pytest.raises(ImageError) as info:
+            resolve_image_url(url, policy)
+        assert (info.value.reason, info.value.message) == (reason, message), url
+
+
+def test_cloud_uri_without_label_studio_is_an_invalid_url():
+    with pytest.raises(ImageError) as info:
+        resolve_image_url("s3://bucket/a.png", FetchPolicy(), task_id=1)
+    assert info.value.reason == "invalid_url"
+
+
+def test_a_host_name_with_its_trailing_dot_is_the_same_host(policy: FetchPolicy):
+    assert resolve_image_url("https://images.example.com./a.png", policy).kind == "http"
+    assert resolve_image_url("https://x.cdn.example.org./a.png", policy).kind == "http"

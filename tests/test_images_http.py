@@ -493,3 +493,40 @@ def test_error_from_an_image_host_never_shows_the_signed_query(serve):
         load_task_image(f"{ls.url}/x/a.png?X-Amz-Signature=secret",
                         SimpleNamespace(allowed_image_hosts=("127.0.0.1",), allow_private_addresses=True))
     assert info.value.message == f"image host answered 404 Not Found for {ls.url}/x/a.png?…"
+
+
+# ------------------------------------------------------------------------------------------ connecting
+
+
+def test_label_studio_named_by_host_name_is_trusted_on_loopback(serve):
+    ls = serve()
+    ls.routes["/data/upload/1/a.png"] = image
+    settings = settings_for(ls, label_studio_url=f"http://LocalHost:{ls.port}")
+    assert load_task_image("/data/upload/1/a.png", settings).size == (40, 30)
+
+
+def test_private_address_refusal_says_which_setting_opens_it(serve):
+    other = serve()
+    with pytest.raises(ImageError) as info:
+        load_task_image(f"http://localhost:{other.port}/a.png", SimpleNamespace(allowed_image_hosts=("localhost",)))
+    assert info.value.message == (
+        "host 'localhost' resolves to 127.0.0.1, a non-public address; refused "
+        "(set ALLOW_PRIVATE_ADDRESSES=true to allow loopback/private networks)"
+    )
+
+
+def test_unresolvable_host_is_retryable_and_named():
+    with pytest.raises(ImageError) as info:
+        load_task_image("http://no-such-host.invalid/a.png", SimpleNamespace(allowed_image_hosts=("*",)))
+    assert (info.value.reason, info.value.retryable) == ("unreachable", True)
+    assert info.value.message.startswith("cannot resolve host 'no-such-host.invalid': ")
+
+
+def test_refused_connection_to_an_image_host_is_retryable():
+    with socket.socket() as bound:  # bound, never listening: connections are refused
+        bound.bind(("127.0.0.1", 0))
+        settings = SimpleNamespace(allowed_image_hosts=("localhost",), allow_private_addresses=True)
+        with pytest.raises(ImageError) as info:
+            load_task_image(f"http://localhost:{bound.getsockname()[1]}/a.png", settings)
+    assert (info.value.reason, info.value.retryable) == ("unreachable", True)
+    assert "ConnectError" in info.value.message
