@@ -530,3 +530,102 @@ def test_refused_connection_to_an_image_host_is_retryable():
             load_task_image(f"http://localhost:{bound.getsockname()[1]}/a.png", settings)
     assert (info.value.reason, info.value.retryable) == ("unreachable", True)
     assert "ConnectError" in info.value.message
+
+
+# ------------------------------------------------------------------------------------------ redirect rules
+
+
+@pytest.mark.parametrize(("hops", "ok"), [(5, True), (6, False)])
+def test_at_most_max_redirects_are_followed(serve, hops: int, ok: bool):
+    ls = serve()
+    for k in range(hops):
+        ls.routes[f"/data/r{k}.png"] = redirect_to(f"/data/r{k + 1}.png")
+    ls.routes[f"/data/r{hops}.png"] = image
+    if ok:
+        assert load_task_image("/data/r0.png", settings_for(ls)).size == (40, 30)
+        assert len(ls.requests) == hops + 1
+    else:
+        with pytest.raises(ImageError) as info:
+            load_task_image("/data/r0.png", settings_for(ls))
+        assert (info.value.reason, info.value.message) == ("unreachable", "more than 5 redirects")
+        assert len(ls.requests) == 6
+
+
+@pytest.mark.parametrize(
+    ("location", "message"),
+    [
+        ("http://user@{host}/a.png", "URLs with embedded credentials are not fetched"),
+        ("http://:secret@{host}/a.png", "URLs with embedded credentials are not fetched"),
+        ("ftp://{host}/a.png", "redirect to a 'ftp' URL refused"),
+        ("https:///a.png", "redirect to a URL without a host refused"),
+        ("http://evil.example.net:8443/a.png",
+         "redirect to host 'evil.example.net' refused: neither Label Studio nor in ALLOWED_IMAGE_HOSTS"),
+    ],
+)
+def test_refused_redirects_say_why(serve, location: str, message: str):
+    ls, other = serve(), serve()
+    other.routes["/a.png"] = image
+    ls.routes["/data/upload/1/a.png"] = redirect_to(location.format(host=f"127.0.0.1:{other.port}"))
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/upload/1/a.png", settings_for(ls, allowed_image_hosts=("127.0.0.1",),
+                                                             allow_private_addresses=True))
+    assert (info.value.reason, info.value.message) == ("forbidden", message)
+    assert other.requests == []
+
+
+def test_redirect_without_location_is_an_error(serve):
+    ls = serve()
+    ls.routes["/data/a.png"] = lambda h: reply(h, 302, b"", "text/plain")
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/a.png?sig=1", settings_for(ls))
+    assert (info.value.reason, info.value.retryable, info.value.message) == (
+        "unreachable", False, f"redirect without Location from {ls.url}/data/a.png?…")
+
+
+def test_read_timeout_message_names_the_url_and_the_timeout(serve):
+    ls = serve()
+    ls.routes["/data/slow.png"] = lambda h: (time.sleep(1.0), image(h))
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/slow.png", settings_for(ls, fetch_read_timeout_s=0.2))
+    assert info.value.message == f"timed out fetching {ls.url}/data/slow.png (ReadTimeout)"
+
+
+def test_connection_error_message_names_the_url_and_the_error():
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        settings = SimpleNamespace(allowed_image_hosts=("localhost",), allow_private_addresses=True)
+        with pytest.raises(ImageError) as info:
+            load_task_image(f"http://localhost:{port}/a.png?sig=1", settings)
+    assert info.value.message.startswith(f"cannot fetch http://localhost:{port}/a.png?…: ConnectError: ")
+
+
+def test_proxy_variables_in_the_environment_are_ignored(serve, monkeypatch):
+    """A proxy would connect for us, past the address guard; the fetch goes direct whatever the environment says."""
+    ls = serve()
+    ls.routes["/data/a.png"] = image
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # the discard port: nothing listens there
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert load_task_image("/data/a.png", settings_for(ls)).size == (40, 30)
+
+
+def test_pixel_limit_from_settings_reaches_the_decoder(serve):
+    ls = serve()
+    ls.routes["/data/a.png"] = image
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/a.png", settings_for(ls, image_max_pixels=40 * 30 - 1))
+    assert info.value.reason == "too_large"
+
+
+def test_a_given_label_studio_client_is_the_one_that_signs_requests(serve):
+    ls = serve()
+    ls.routes["/data/upload/1/a.png"] = image
+
+    class Client:
+        def auth_headers(self):
+            return {"Authorization": "Token from-the-caller"}
+
+    assert load_task_image("/data/upload/1/a.png", settings_for(ls), ls_client=Client()).size == (40, 30)
+    assert ls.requests[0][1]["authorization"] == "Token from-the-caller"
