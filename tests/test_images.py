@@ -561,3 +561,39 @@ def test_cloud_uri_without_label_studio_is_an_invalid_url():
 def test_a_host_name_with_its_trailing_dot_is_the_same_host(policy: FetchPolicy):
     assert resolve_image_url("https://images.example.com./a.png", policy).kind == "http"
     assert resolve_image_url("https://x.cdn.example.org./a.png", policy).kind == "http"
+
+
+def test_policy_reads_each_setting_alone():
+    defaults = FetchPolicy()
+    cases = {
+        "label_studio_url": ("http://ls.test", "label_studio_url", "http://ls.test"),
+        "label_studio_api_key": ("k", "label_studio_api_key", "k"),
+        "local_files_document_root": ("/srv", "local_files_root", "/srv"),
+        "allow_private_addresses": (True, "allow_private", True),
+        "image_max_bytes": (7, "max_bytes", 7),
+        "image_max_pixels": (8, "max_pixels", 8),
+        "fetch_connect_timeout_s": (1.25, "connect_timeout_s", 1.25),
+        "fetch_read_timeout_s": (2.25, "read_timeout_s", 2.25),
+        "fetch_total_timeout_s": (3.25, "total_timeout_s", 3.25),
+        "fetch_max_redirects": (2, "max_redirects", 2),
+    }
+    for setting, (value, field_name, expected) in cases.items():
+        policy = FetchPolicy.from_settings(SimpleNamespace(**{setting: value}))
+        assert getattr(policy, field_name) == expected, setting
+        assert getattr(FetchPolicy.from_settings(SimpleNamespace(**{setting: ""})), field_name) == getattr(
+            defaults, field_name), setting
+        others = {name: getattr(policy, name) for name in FetchPolicy.__dataclass_fields__ if name != field_name}
+        assert others == {name: getattr(defaults, name) for name in others}, setting
+
+
+def test_allowed_hosts_from_a_comma_separated_string():
+    policy = FetchPolicy.from_settings(SimpleNamespace(allowed_image_hosts=" Images.Example.com, ,*.cdn.example.org,,"))
+    assert policy.allowed_hosts == ("images.example.com", "*.cdn.example.org")
+    assert FetchPolicy.from_settings(SimpleNamespace(allowed_image_hosts="a.example")).allowed_hosts == ("a.example",)
+
+
+def test_invalid_port_is_named():
+    with pytest.raises(ImageError) as info:
+        resolve_image_url("http://ls.test:99999/data/upload/1/a.png", FetchPolicy(label_studio_url=LS))
+    assert (info.value.reason, info.value.message) == (
+        "invalid_url", "invalid port in URL 'http://ls.test:99999/data/upload/1/a.png'")

@@ -629,3 +629,45 @@ def test_a_given_label_studio_client_is_the_one_that_signs_requests(serve):
 
     assert load_task_image("/data/upload/1/a.png", settings_for(ls), ls_client=Client()).size == (40, 30)
     assert ls.requests[0][1]["authorization"] == "Token from-the-caller"
+
+
+@pytest.mark.parametrize("retryable", [True, False])
+def test_label_studio_authentication_failure_is_an_auth_error(serve, retryable: bool):
+    from backend.labelstudio.client import LabelStudioError
+
+    ls = serve()
+    ls.routes["/data/upload/1/a.png"] = image
+
+    class Failing:
+        def auth_headers(self):
+            raise LabelStudioError("token refresh answered 401", status=401, retryable=retryable)
+
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/upload/1/a.png", settings_for(ls), ls_client=Failing())
+    assert (info.value.reason, info.value.retryable, info.value.message) == (
+        "auth", retryable, "Label Studio authentication failed: token refresh answered 401")
+    assert ls.requests == []
+
+
+def test_missing_upload_message_names_the_upload_and_both_answers(serve):
+    ls = serve()
+    ls.routes["/data/upload/1/missing.png"] = lambda h: reply(h, 500, b"Server Error", "text/html")
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/upload/1/missing.png", settings_for(ls))
+    assert info.value.message == f"Label Studio has no such file: {ls.url}/data/upload/1/missing.png (it answered 500, then 404)"
+
+
+def test_an_api_key_without_label_studio_url_signs_nothing(serve):
+    other = serve()
+    other.routes["/a.png"] = image
+    settings = SimpleNamespace(label_studio_api_key="orphan-key", allowed_image_hosts=("127.0.0.1",),
+                               allow_private_addresses=True)
+    assert load_task_image(f"{other.url}/a.png", settings).size == (40, 30)
+    assert "authorization" not in other.requests[0][1]
+
+
+def test_label_studio_url_with_a_trailing_slash_joins_cleanly(serve):
+    ls = serve()
+    ls.routes["/data/upload/1/a.png"] = image
+    assert load_task_image("/data/upload/1/a.png", settings_for(ls, label_studio_url=ls.url + "/")).size == (40, 30)
+    assert ls.paths() == ["/data/upload/1/a.png"]
