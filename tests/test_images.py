@@ -597,3 +597,64 @@ def test_invalid_port_is_named():
         resolve_image_url("http://ls.test:99999/data/upload/1/a.png", FetchPolicy(label_studio_url=LS))
     assert (info.value.reason, info.value.message) == (
         "invalid_url", "invalid port in URL 'http://ls.test:99999/data/upload/1/a.png'")
+
+
+@pytest.mark.parametrize(
+    ("url", "reason", "message"),
+    [
+        ("", "invalid_url", "image URL must be a non-empty string, got ''"),
+        ("/data/upload/1/a\n.png", "invalid_url", "image URL contains control characters"),
+        ("file:///etc/passwd", "forbidden", "file:// URLs are never read; use Label Studio local-files storage"),
+        ("ftp://images.example.com/a.png", "forbidden", "unsupported URL scheme 'ftp'"),
+        ("//images.example.com/a.png", "invalid_url", "scheme-relative URLs are not fetched: '//images.example.com/a.png'"),
+        ("a.png", "invalid_url", "not a URL or Label Studio path: 'a.png'"),
+        ("http:///a.png", "invalid_url", "URL has no host: 'http:///a.png'"),
+        ("https://user@images.example.com/a.png", "forbidden", "URLs with embedded credentials are not fetched"),
+        ("https://:pw@images.example.com/a.png", "forbidden", "URLs with embedded credentials are not fetched"),
+        ("https://evil.example.net/a.png", "forbidden",
+         "host 'evil.example.net' is neither Label Studio nor in ALLOWED_IMAGE_HOSTS"),
+    ],
+)
+def test_refused_urls_say_why(url: str, reason: str, message: str, policy: FetchPolicy):
+    with pytest.raises(ImageError) as info:
+        resolve_image_url(url, policy)
+    assert (info.value.reason, info.value.message) == (reason, message)
+
+
+@pytest.mark.parametrize(
+    ("url", "what"),
+    [("/data/local-files/?d=a.png", "local-files URL"), ("/data/upload/1/a.png", "path"),
+     ("/storage-data/uploaded/?filepath=a.png", "path")],
+)
+def test_label_studio_paths_without_its_url_name_what_they_are(url: str, what: str):
+    with pytest.raises(ImageError) as info:
+        resolve_image_url(url, FetchPolicy())
+    assert info.value.message == (
+        f"{what} {url!r} is served by Label Studio; set LABEL_STUDIO_URL (and LABEL_STUDIO_API_KEY)")
+
+
+def test_label_studio_paths_resolve_to_http_urls(policy: FetchPolicy):
+    for url in ("storage-data/uploaded/?filepath=a.png", "/storage-data/uploaded/?filepath=a.png"):
+        resolved = resolve_image_url(url, policy)
+        assert (resolved.kind, resolved.urls) == ("http", (LS + "/storage-data/uploaded/?filepath=a.png",))
+    assert resolve_image_url("s3://bucket/a.png", policy, task_id=1).kind == "http"
+
+
+@pytest.mark.parametrize(
+    ("label_studio", "url"),
+    [("https://ls.test", "https://ls.test:443/data/upload/1/a.png"),
+     ("http://ls.test", "http://ls.test:80/data/upload/1/a.png"),
+     ("https://ls.test:443", "HTTPS://LS.test/data/upload/1/a.png")],
+)
+def test_label_studio_is_recognised_by_origin_with_default_ports(label_studio: str, url: str):
+    resolved = resolve_image_url(url, FetchPolicy(label_studio_url=label_studio))
+    assert len(resolved.urls) == 2  # the upload path and its storage-proxy fallback: treated as Label Studio
+
+
+@pytest.mark.parametrize(("label_studio", "url"), [("https://ls.test", "http://ls.test:443/data/upload/1/a.png"),
+                                                  ("http://ls.test", "https://ls.test:80/data/upload/1/a.png"),
+                                                  ("https://ls.test", "https://ls.test:80/data/upload/1/a.png")])
+def test_same_host_on_another_port_or_scheme_is_not_label_studio(label_studio: str, url: str):
+    with pytest.raises(ImageError) as info:
+        resolve_image_url(url, FetchPolicy(label_studio_url=label_studio))
+    assert info.value.reason == "forbidden"
