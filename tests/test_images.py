@@ -658,3 +658,14 @@ def test_same_host_on_another_port_or_scheme_is_not_label_studio(label_studio: s
     with pytest.raises(ImageError) as info:
         resolve_image_url(url, FetchPolicy(label_studio_url=label_studio))
     assert info.value.reason == "forbidden"
+
+
+def test_sixteen_bit_images_scale_by_65535_even_when_every_value_is_small():
+    image = Image.fromarray(np.array([[0, 200, 255]], dtype=np.uint16))
+    assert image.mode.startswith("I;16")
+    assert _gray(_encoded(image)) == [0, 0, 0]  # 255 / 65535 * 255 = 0.99: dark, not white
+
+
+def test_thirty_two_bit_values_outside_the_sixteen_bit_range_are_clipped():
+    image = Image.fromarray(np.array([[-5000, 0, 65535, 200000]], dtype=np.int32), mode="I")
+    assert _gray(_encoded(image, "TIFF")) == [0, 0, 255, 255]
