@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import jwt
+import numpy as np
 import pytest
 
 from backend.labelstudio.images import ImageError, load_task_image
@@ -399,3 +400,274 @@ def test_error_statuses(serve, status: int, reason: str, retryable: bool):
     with pytest.raises(ImageError) as info:
         load_task_image("/data/a.png", settings_for(ls))
     assert (info.value.reason, info.value.retryable) == (reason, retryable)
+
+
+# ------------------------------------------------------------------------------------------ exact caps and errors
+
+
+def _unsized(body: bytes) -> Route:
+    """Reply 200 without Content-Length (HTTP/1.0: the body ends when the server closes)."""
+
+    def send(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "image/png")
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return send
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_byte_cap_is_inclusive_with_or_without_content_length(serve, declared: bool):
+    ls = serve()
+    ls.routes["/data/a.png"] = image if declared else _unsized(PNG)
+    assert load_task_image("/data/a.png", settings_for(ls, image_max_bytes=len(PNG))).size == (40, 30)
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/a.png", settings_for(ls, image_max_bytes=len(PNG) - 1))
+    expected = f"image is {len(PNG)} bytes, over the {len(PNG) - 1} byte limit" if declared else (
+        f"image is over the {len(PNG) - 1} byte limit")
+    assert (info.value.reason, info.value.message, info.value.retryable) == ("too_large", expected, False)
+
+
+def test_declared_oversize_is_refused_before_any_body_is_read(serve):
+    ls = serve()
+
+    def lying(handler):  # declares more than the cap, then sends a small body and closes
+        handler.send_response(200)
+        handler.send_header("Content-Length", "5000")
+        handler.end_headers()
+        handler.wfile.write(PNG[:100])
+
+    ls.routes["/data/a.png"] = lying
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/a.png", settings_for(ls, image_max_bytes=1000))
+    assert (info.value.reason, info.value.message) == ("too_large", "image is 5000 bytes, over the 1000 byte limit")
+
+
+def test_a_body_of_many_chunks_arrives_byte_for_byte(serve):
+    from io import BytesIO
+
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    buffer = BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=0)
+    big = buffer.getvalue()
+    assert len(big) > 300_000  # many network reads
+    ls = serve()
+    ls.routes["/data/big.png"] = _unsized(big)
+    assert np.array_equal(np.asarray(load_task_image("/data/big.png", settings_for(ls))), pixels)
+
+
+@pytest.mark.parametrize(("ctype", "shown"), [("image/png", "image/png"), (None, "none")])
+def test_empty_body_error_names_the_content_type(serve, ctype, shown):
+    ls = serve()
+    ls.routes["/data/a.png"] = lambda h: h.reply(200, b"", ctype)
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/a.png", settings_for(ls))
+    assert (info.value.reason, info.value.message) == ("undecodable", f"empty response body (content-type {shown})")
+
+
+def test_total_timeout_error_is_unreachable_and_says_the_limit(serve):
+    ls = serve()
+
+    def trickle(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        for _ in range(40):
+            handler.wfile.write(b"\0")
+            handler.wfile.flush()
+            time.sleep(0.05)
+
+    ls.routes["/data/trickle.png"] = trickle
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/trickle.png", settings_for(ls, fetch_read_timeout_s=1.0, fetch_total_timeout_s=0.5))
+    assert (info.value.reason, info.value.message, info.value.retryable) == (
+        "unreachable", "image download took over 0.5 s", True)
+
+
+def test_error_from_an_image_host_never_shows_the_signed_query(serve):
+    ls = serve()
+    with pytest.raises(ImageError) as info:
+        load_task_image(f"{ls.url}/x/a.png?X-Amz-Signature=secret",
+                        SimpleNamespace(allowed_image_hosts=("127.0.0.1",), allow_private_addresses=True))
+    assert info.value.message == f"image host answered 404 Not Found for {ls.url}/x/a.png?…"
+
+
+# ------------------------------------------------------------------------------------------ connecting
+
+
+def test_label_studio_named_by_host_name_is_trusted_on_loopback(serve):
+    ls = serve()
+    ls.routes["/data/upload/1/a.png"] = image
+    settings = settings_for(ls, label_studio_url=f"http://LocalHost:{ls.port}")
+    assert load_task_image("/data/upload/1/a.png", settings).size == (40, 30)
+
+
+def test_private_address_refusal_says_which_setting_opens_it(serve):
+    other = serve()
+    with pytest.raises(ImageError) as info:
+        load_task_image(f"http://localhost:{other.port}/a.png", SimpleNamespace(allowed_image_hosts=("localhost",)))
+    assert info.value.message == (
+        "host 'localhost' resolves to 127.0.0.1, a non-public address; refused "
+        "(set ALLOW_PRIVATE_ADDRESSES=true to allow loopback/private networks)"
+    )
+
+
+def test_unresolvable_host_is_retryable_and_named():
+    with pytest.raises(ImageError) as info:
+        load_task_image("http://no-such-host.invalid/a.png", SimpleNamespace(allowed_image_hosts=("*",)))
+    assert (info.value.reason, info.value.retryable) == ("unreachable", True)
+    assert info.value.message.startswith("cannot resolve host 'no-such-host.invalid': ")
+
+
+def test_refused_connection_to_an_image_host_is_retryable():
+    with socket.socket() as bound:  # bound, never listening: connections are refused
+        bound.bind(("127.0.0.1", 0))
+        settings = SimpleNamespace(allowed_image_hosts=("localhost",), allow_private_addresses=True)
+        with pytest.raises(ImageError) as info:
+            load_task_image(f"http://localhost:{bound.getsockname()[1]}/a.png", settings)
+    assert (info.value.reason, info.value.retryable) == ("unreachable", True)
+    assert "ConnectError" in info.value.message
+
+
+# ------------------------------------------------------------------------------------------ redirect rules
+
+
+@pytest.mark.parametrize(("hops", "ok"), [(5, True), (6, False)])
+def test_at_most_max_redirects_are_followed(serve, hops: int, ok: bool):
+    ls = serve()
+    for k in range(hops):
+        ls.routes[f"/data/r{k}.png"] = redirect_to(f"/data/r{k + 1}.png")
+    ls.routes[f"/data/r{hops}.png"] = image
+    if ok:
+        assert load_task_image("/data/r0.png", settings_for(ls)).size == (40, 30)
+        assert len(ls.requests) == hops + 1
+    else:
+        with pytest.raises(ImageError) as info:
+            load_task_image("/data/r0.png", settings_for(ls))
+        assert (info.value.reason, info.value.message) == ("unreachable", "more than 5 redirects")
+        assert len(ls.requests) == 6
+
+
+@pytest.mark.parametrize(
+    ("location", "message"),
+    [
+        ("http://user@{host}/a.png", "URLs with embedded credentials are not fetched"),
+        ("http://:secret@{host}/a.png", "URLs with embedded credentials are not fetched"),
+        ("ftp://{host}/a.png", "redirect to a 'ftp' URL refused"),
+        ("https:///a.png", "redirect to a URL without a host refused"),
+        ("http://evil.example.net:8443/a.png",
+         "redirect to host 'evil.example.net' refused: neither Label Studio nor in ALLOWED_IMAGE_HOSTS"),
+    ],
+)
+def test_refused_redirects_say_why(serve, location: str, message: str):
+    ls, other = serve(), serve()
+    other.routes["/a.png"] = image
+    ls.routes["/data/upload/1/a.png"] = redirect_to(location.format(host=f"127.0.0.1:{other.port}"))
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/upload/1/a.png", settings_for(ls, allowed_image_hosts=("127.0.0.1",),
+                                                             allow_private_addresses=True))
+    assert (info.value.reason, info.value.message) == ("forbidden", message)
+    assert other.requests == []
+
+
+def test_redirect_without_location_is_an_error(serve):
+    ls = serve()
+    ls.routes["/data/a.png"] = lambda h: reply(h, 302, b"", "text/plain")
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/a.png?sig=1", settings_for(ls))
+    assert (info.value.reason, info.value.retryable, info.value.message) == (
+        "unreachable", False, f"redirect without Location from {ls.url}/data/a.png?…")
+
+
+def test_read_timeout_message_names_the_url_and_the_timeout(serve):
+    ls = serve()
+    ls.routes["/data/slow.png"] = lambda h: (time.sleep(1.0), image(h))
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/slow.png", settings_for(ls, fetch_read_timeout_s=0.2))
+    assert info.value.message == f"timed out fetching {ls.url}/data/slow.png (ReadTimeout)"
+
+
+def test_connection_error_message_names_the_url_and_the_error():
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        port = bound.getsockname()[1]
+        settings = SimpleNamespace(allowed_image_hosts=("localhost",), allow_private_addresses=True)
+        with pytest.raises(ImageError) as info:
+            load_task_image(f"http://localhost:{port}/a.png?sig=1", settings)
+    assert info.value.message.startswith(f"cannot fetch http://localhost:{port}/a.png?…: ConnectError: ")
+
+
+def test_proxy_variables_in_the_environment_are_ignored(serve, monkeypatch):
+    """A proxy would connect for us, past the address guard; the fetch goes direct whatever the environment says."""
+    ls = serve()
+    ls.routes["/data/a.png"] = image
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # the discard port: nothing listens there
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert load_task_image("/data/a.png", settings_for(ls)).size == (40, 30)
+
+
+def test_pixel_limit_from_settings_reaches_the_decoder(serve):
+    ls = serve()
+    ls.routes["/data/a.png"] = image
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/a.png", settings_for(ls, image_max_pixels=40 * 30 - 1))
+    assert info.value.reason == "too_large"
+
+
+def test_a_given_label_studio_client_is_the_one_that_signs_requests(serve):
+    ls = serve()
+    ls.routes["/data/upload/1/a.png"] = image
+
+    class Client:
+        def auth_headers(self):
+            return {"Authorization": "Token from-the-caller"}
+
+    assert load_task_image("/data/upload/1/a.png", settings_for(ls), ls_client=Client()).size == (40, 30)
+    assert ls.requests[0][1]["authorization"] == "Token from-the-caller"
+
+
+@pytest.mark.parametrize("retryable", [True, False])
+def test_label_studio_authentication_failure_is_an_auth_error(serve, retryable: bool):
+    from backend.labelstudio.client import LabelStudioError
+
+    ls = serve()
+    ls.routes["/data/upload/1/a.png"] = image
+
+    class Failing:
+        def auth_headers(self):
+            raise LabelStudioError("token refresh answered 401", status=401, retryable=retryable)
+
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/upload/1/a.png", settings_for(ls), ls_client=Failing())
+    assert (info.value.reason, info.value.retryable, info.value.message) == (
+        "auth", retryable, "Label Studio authentication failed: token refresh answered 401")
+    assert ls.requests == []
+
+
+def test_missing_upload_message_names_the_upload_and_both_answers(serve):
+    ls = serve()
+    ls.routes["/data/upload/1/missing.png"] = lambda h: reply(h, 500, b"Server Error", "text/html")
+    with pytest.raises(ImageError) as info:
+        load_task_image("/data/upload/1/missing.png", settings_for(ls))
+    assert info.value.message == f"Label Studio has no such file: {ls.url}/data/upload/1/missing.png (it answered 500, then 404)"
+
+
+def test_an_api_key_without_label_studio_url_signs_nothing(serve):
+    other = serve()
+    other.routes["/a.png"] = image
+    settings = SimpleNamespace(label_studio_api_key="orphan-key", allowed_image_hosts=("127.0.0.1",),
+                               allow_private_addresses=True)
+    assert load_task_image(f"{other.url}/a.png", settings).size == (40, 30)
+    assert "authorization" not in other.requests[0][1]
+
+
+def test_label_studio_url_with_a_trailing_slash_joins_cleanly(serve):
+    ls = serve()
+    ls.routes["/data/upload/1/a.png"] = image
+    assert load_task_image("/data/upload/1/a.png", settings_for(ls, label_studio_url=ls.url + "/")).size == (40, 30)
+    assert ls.paths() == ["/data/upload/1/a.png"]

@@ -391,3 +391,73 @@ def test_polygons_stay_in_natural_coordinates_when_working_smaller():
     # The disc spans grid x in [7, 23] of 40, i.e. about 17.5 % .. 57.5 % of the width.
     assert region.box[0] == pytest.approx(7 / 40 * 100, abs=1.5)
     assert region.box[0] + region.box[2] == pytest.approx(23 / 40 * 100, abs=1.5)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"mode": "panoptic"}, r"^mode must be one of \('semantic', 'independent'\), got 'panoptic'$"),
+        ({"threshold": "triangle"}, r"^threshold must be 'otsu' or a number in \[0, 1\], got 'triangle'$"),
+        ({"threshold": 1.5}, r"^threshold must be a number in \[0, 1\], got 1\.5$"),
+        ({"threshold": True}, r"^threshold must be a number in \[0, 1\], got True$"),
+        ({"label_thresholds": {"a": -0.1}}, r"^label_thresholds\['a'\] must be a number in \[0, 1\], got -0\.1$"),
+        ({"label_thresholds": {"a": "0.5"}}, r"^label_thresholds\['a'\] must be a number in \[0, 1\], got '0\.5'$"),
+        ({"logit_scale": 0}, r"^logit_scale must be a positive finite number, got 0$"),
+        ({"background_threshold": 2}, r"^background_threshold must be a number in \[0, 1\], got 2$"),
+        ({"min_object_fraction": -0.1}, r"^min_object_fraction must be a number in \[0, 1\], got -0\.1$"),
+        ({"min_hole_fraction": 1.5}, r"^min_hole_fraction must be a number in \[0, 1\], got 1\.5$"),
+        ({"min_area_fraction": -1}, r"^min_area_fraction must be a number in \[0, 1\], got -1$"),
+        ({"background_names": "background"}, r"^background_names must be a sequence of names, not one string$"),
+        ({"opening_radius": -1}, r"^opening_radius must be an integer >= 0, got -1$"),
+        ({"max_instances": True}, r"^max_instances must be an integer >= 1, got True$"),
+        ({"max_work_side": 15}, r"^max_work_side must be an integer >= 16, got 15$"),
+        ({"max_polygon_points": 2}, r"^max_polygon_points must be an integer >= 3, got 2$"),
+        ({"max_polygon_points": 3.5}, r"^max_polygon_points must be an integer >= 3, got 3\.5$"),
+        ({"polygon_tolerance": float("inf")}, r"^polygon_tolerance must be a finite number >= 0, got inf$"),
+        ({"polygon_tolerance": -0.5}, r"^polygon_tolerance must be a finite number >= 0, got -0\.5$"),
+    ],
+)
+def test_bad_options_name_the_option_and_the_value(options, message):
+    """Each rejected option says which one and what it got: the whole message, so a wrong name or value shows."""
+    with pytest.raises(ValueError, match=message):
+        RegionOptions(**options)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_work_side": 16},
+        {"max_polygon_points": 3},
+        {"polygon_tolerance": 0.0},
+        {"polygon_tolerance": 0.5},
+        {"opening_radius": 0},
+        {"max_instances": 1},
+        {"threshold": 0},
+        {"threshold": 1},
+        {"label_thresholds": {"a": 0.0, "b": 1.0}},
+        {"background_threshold": 1.0},
+        {"min_object_fraction": 0, "min_hole_fraction": 1.0, "min_area_fraction": 1.0},
+        {"logit_scale": 1e-6},
+    ],
+)
+def test_options_at_their_lowest_and_highest_allowed_values_are_accepted(options):
+    RegionOptions(**options)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 7), (7, 1)])
+def test_one_pixel_wide_images_are_valid(size):
+    maps = np.stack([blob(4, 8), blob(11.5, 8)])
+    regions = extract_regions(maps, ["cat", "dog"], size, RegionOptions(threshold=0.0, **{
+        "min_object_fraction": 0, "min_hole_fraction": 0, "min_area_fraction": 0}))
+    assert regions and all(r.mask.shape == (size[1], size[0]) for r in regions)
+
+
+@pytest.mark.parametrize(("size", "match"), [((10, 0), "positive"), ((0, 10), "positive"), ((10, -1), "positive")])
+def test_image_sizes_below_one_pixel_are_rejected(size, match):
+    with pytest.raises(ValueError, match=match):
+        extract_regions(np.zeros((1, 4, 4)), ["a"], size)
+
+
+def test_non_string_label_message_is_exact():
+    with pytest.raises(ValueError, match=r"^labels must be strings$"):
+        extract_regions(np.zeros((1, 4, 4)), [3], (10, 10))
