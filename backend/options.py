@@ -348,8 +348,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("score_offset", "SCORE_OFFSET", "--score-offset", number(-100.0, 100.0), 0.0,
            "see `score_slope`", stage="regions"),
     Option("precision", "PRECISION", "--precision", choice(*PRECISIONS), "auto",
-           "model precision: `auto` (bf16 on a CPU with native bf16 where a start-up probe finds it faster, "
-           "else fp32; fp32 on GPU), `fp32`, `bf16` (CPU: vision tower only) or `fp16` (GPU only)",
+           "model precision: `auto` (bf16 on a CPU with native bf16, else fp32; fp32 on GPU), `fp32`, `bf16` "
+           "(CPU: vision tower only) or `fp16` (GPU only)",
            stage="model"),
     Option("window_size", "WINDOW_SIZE", "--window-size", whole(16, 2048, auto=True), "auto",
            "input_mode `sliding`: window edge in pixels; `auto`: `image_size` (the papers' protocol: 224 over a "

@@ -84,7 +84,7 @@ def _scaling_worker(spec: PipelineLabelerSpec, jobs: list[ImageJob], batch: int,
     """One worker process: load and warm up, wait for the others, then label `jobs` `batch` at a time."""
     torch.set_num_threads(threads)
     labeler = spec()
-    labeler.label(jobs[:1])  # model load (and the precision probe), text cache, first-call allocations
+    labeler.label(jobs[:1])  # model load, text cache, first-call allocations
     barrier.wait()
     started = time.perf_counter()
     for start in range(0, len(jobs), batch):

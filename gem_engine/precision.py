@@ -3,10 +3,13 @@
 `resolve_precision` turns a requested precision (CHOICES) into one of `models.PRECISIONS` for a device:
 - CUDA: "auto" is fp32, what the GPU path ran by default before "auto" existed; fp16 and bf16 are taken
   as asked (the README's GPU table shows what they are worth).
-- CPU: fp16 is refused (no fast fp16 kernels on CPU); "auto" is bf16 only where the processor computes
-  bf16 natively (AVX512-BF16 or AMX-BF16: elsewhere oneDNN emulates it, slower than fp32) AND a start-up
-  probe finds a bf16 product of ViT-B/16's MLP shape at least BF16_MIN_SPEEDUP times faster than the
-  fp32 one on the route fp32 takes (gem_engine.onednn); else fp32. The probe runs once per process.
+- CPU: fp16 is refused (no fast fp16 kernels on CPU); "auto" is bf16 where the processor computes bf16
+  natively (AVX512-BF16 or AMX-BF16: elsewhere oneDNN emulates it, slower than fp32), else fp32. The
+  decision reads the processor's flags only, never a timing: a start-up probe decided it first, and under
+  load two workers of one deployment (or the two runs of one test) came to different answers, so the same
+  model version gave different maps. That bf16 is faster where it is native is `bench/gem_speed.py`'s and
+  `bench/bulk_throughput.py`'s to show (README "Precision on CPU"); `probe_bf16_speedup` times the model's
+  largest product for a quick look on a new processor.
 
 On CPU bf16 covers the vision tower only (its linear layers, attention and GEM's self-self attention);
 the text tower stays fp32, so text embeddings, and the cosine maps computed from them in fp32, do not
@@ -15,7 +18,6 @@ lose precision. On CUDA the whole model is cast, as open_clip's own "fp16"/"bf16
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,9 +27,6 @@ import torch
 from gem_engine import onednn
 
 CHOICES = ("auto", "fp32", "fp16", "bf16")
-# bf16 must win the probe by this much: below it the gain is within the noise of a shared machine and
-# not worth a second, slightly different set of maps.
-BF16_MIN_SPEEDUP = 1.2
 # ViT-B/16 at 448 px: 785 tokens through the MLP's first layer (768 -> 3072), the model's largest product.
 PROBE_SHAPE = (785, 768, 3072)
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -74,16 +73,8 @@ def probe_bf16_speedup(repeats: int = 3) -> float:
     return seconds[torch.float32] / seconds[torch.bfloat16]
 
 
-@functools.cache
-def _measured_cpu_speedup() -> float:
-    return probe_bf16_speedup()
-
-
-def decide(device_type: str, requested: str, *, native_bf16: bool, bf16_speedup: float | None) -> str:
-    """Return the precision to run for `requested` on a device type; `bf16_speedup` is the probe's result.
-
-    Raises ValueError for fp16 on CPU. `bf16_speedup` is only read for "auto" on a CPU with native bf16.
-    """
+def decide(device_type: str, requested: str, *, native_bf16: bool) -> str:
+    """Return the precision to run for `requested` on a device type; raise ValueError for fp16 on CPU."""
     if requested not in CHOICES:
         raise ValueError(f"unknown precision {requested!r}: use one of {', '.join(CHOICES)} (PRECISION)")
     if device_type != "cpu":
@@ -92,23 +83,17 @@ def decide(device_type: str, requested: str, *, native_bf16: bool, bf16_speedup:
         raise ValueError("precision fp16 runs on a GPU only; on CPU use PRECISION=bf16, fp32 or auto")
     if requested != "auto":
         return requested
-    if not native_bf16 or bf16_speedup is None:
-        return "fp32"
-    return "bf16" if bf16_speedup >= BF16_MIN_SPEEDUP else "fp32"
+    return "bf16" if native_bf16 else "fp32"
 
 
-def resolve_precision(requested: str, device: torch.device, *, probe: Callable[[], float] | None = None,
-                      native: Callable[[], bool] | None = None) -> str:
+def resolve_precision(requested: str, device: torch.device, *, native: Callable[[], bool] | None = None) -> str:
     """Return the precision (fp32, fp16 or bf16) a model on `device` runs in when `requested` is asked.
 
-    The CPU check (`native`, default `cpu_has_native_bf16`) and the probe (`probe`, default: the timed one,
-    once per process) run only for "auto" on CPU, the probe only where bf16 is native.
+    The CPU check (`native`, default `cpu_has_native_bf16`) runs only for "auto" on CPU.
     """
     if requested != "auto" or device.type != "cpu":
-        return decide(device.type, requested, native_bf16=False, bf16_speedup=None)
-    has_bf16 = (native or cpu_has_native_bf16)()
-    speedup = (probe or _measured_cpu_speedup)() if has_bf16 else None
-    return decide("cpu", requested, native_bf16=has_bf16, bf16_speedup=speedup)
+        return decide(device.type, requested, native_bf16=False)
+    return decide("cpu", requested, native_bf16=(native or cpu_has_native_bf16)())
 
 
 def cast_to_precision(model: torch.nn.Module, precision: str, device: torch.device) -> torch.nn.Module:

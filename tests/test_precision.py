@@ -1,5 +1,5 @@
-"""Precision: "auto" decided per device from the CPU's bf16 support and the probe's result (injected, never
-timed here), fp16 refused on CPU, and a CPU bf16 model that computes its vision tower in bf16 while text
+"""Precision: "auto" decided per device from the CPU's bf16 support alone (no timing: every worker of a
+deployment decides alike), fp16 refused on CPU, and a CPU bf16 model that computes its vision tower in bf16 while text
 embeddings and cosine maps stay fp32, with maps close to fp32's."""
 
 from __future__ import annotations
@@ -14,44 +14,43 @@ from PIL import Image
 from gem_engine import precision as precision_module
 from gem_engine.engine import HeatmapEngine
 from gem_engine.models import load_model, wrap_model
-from gem_engine.precision import BF16_MIN_SPEEDUP, cast_to_precision, decide, resolve_precision
+from gem_engine.precision import cast_to_precision, decide, resolve_precision
 from gem_engine.text import clear_cache, text_embeddings
 
 CPU = torch.device("cpu")
 
 
-@pytest.mark.parametrize(("native", "speedup", "expected"), [
-    (True, BF16_MIN_SPEEDUP + 0.5, "bf16"),
-    (True, BF16_MIN_SPEEDUP, "bf16"),
-    (True, BF16_MIN_SPEEDUP - 0.01, "fp32"),  # faster, but not by enough to be worth other maps
-    (True, 0.5, "fp32"),  # emulated or slow bf16 kernels
-    (False, 3.0, "fp32"),  # no native bf16: never, whatever a probe said
-])
-def test_auto_on_cpu_takes_bf16_only_with_native_support_and_a_faster_probe(native, speedup, expected):
-    assert decide("cpu", "auto", native_bf16=native, bf16_speedup=speedup) == expected
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_on_cpu_takes_bf16_exactly_where_the_processor_has_it(native, expected):
+    assert decide("cpu", "auto", native_bf16=native) == expected
+    assert resolve_precision("auto", CPU, native=lambda: native) == expected
 
 
-def test_auto_on_cpu_probes_only_where_bf16_is_native():
-    def must_not_run() -> float:
-        raise AssertionError("the probe ran on a CPU without native bf16")
+def test_auto_never_times_anything(monkeypatch):
+    """Two workers of one deployment must resolve "auto" alike whatever the load: no timing decides it."""
+    import gem_engine.precision as precision
 
-    assert resolve_precision("auto", CPU, probe=must_not_run, native=lambda: False) == "fp32"
-    assert resolve_precision("auto", CPU, probe=lambda: 2.0, native=lambda: True) == "bf16"
-    assert resolve_precision("auto", CPU, probe=lambda: 1.0, native=lambda: True) == "fp32"
+    def no_timing(*_args, **_kwargs):
+        raise AssertionError("resolving a precision timed something")
+
+    monkeypatch.setattr(precision, "best_seconds", no_timing)
+    monkeypatch.setattr(precision, "probe_bf16_speedup", no_timing)
+    assert resolve_precision("auto", CPU) in ("bf16", "fp32")
+    assert resolve_precision("auto", CPU) == ("bf16" if precision.cpu_has_native_bf16() else "fp32")
 
 
-def test_explicit_precisions_are_kept_and_never_probe():
+def test_explicit_precisions_are_kept_and_never_look_at_the_cpu():
     def must_not_run():
-        raise AssertionError("probed for an explicit precision")
+        raise AssertionError("looked at the CPU for an explicit precision")
 
     for requested in ("fp32", "bf16"):
-        assert resolve_precision(requested, CPU, probe=must_not_run, native=must_not_run) == requested
+        assert resolve_precision(requested, CPU, native=must_not_run) == requested
     for requested in ("fp32", "fp16", "bf16"):
-        assert resolve_precision(requested, torch.device("cuda"), probe=must_not_run, native=must_not_run) == requested
+        assert resolve_precision(requested, torch.device("cuda"), native=must_not_run) == requested
 
 
 def test_auto_on_a_gpu_is_fp32_as_before():
-    assert decide("cuda", "auto", native_bf16=True, bf16_speedup=10.0) == "fp32"
+    assert decide("cuda", "auto", native_bf16=True) == "fp32"
 
 
 def test_fp16_on_cpu_is_refused_naming_the_variable():
