@@ -8,8 +8,7 @@
   decision reads the processor's flags only, never a timing: a start-up probe decided it first, and under
   load two workers of one deployment (or the two runs of one test) came to different answers, so the same
   model version gave different maps. That bf16 is faster where it is native is `bench/gem_speed.py`'s and
-  `bench/bulk_throughput.py`'s to show (README "Precision on CPU"); `probe_bf16_speedup` times the model's
-  largest product for a quick look on a new processor.
+  `bench/bulk_throughput.py`'s to show (README "Precision on CPU").
 
 On CPU bf16 covers the vision tower only (its linear layers, attention and GEM's self-self attention);
 the text tower stays fp32, so text embeddings, and the cosine maps computed from them in fp32, do not
@@ -18,17 +17,12 @@ lose precision. On CUDA the whole model is cast, as open_clip's own "fp16"/"bf16
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from gem_engine import onednn
-
 CHOICES = ("auto", "fp32", "fp16", "bf16")
-# ViT-B/16 at 448 px: 785 tokens through the MLP's first layer (768 -> 3072), the model's largest product.
-PROBE_SHAPE = (785, 768, 3072)
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -45,32 +39,6 @@ def cpu_has_native_bf16() -> bool:
         return False
     flags = {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
     return any(flag in flags for flag in CPU_BF16_FLAGS)
-
-
-def best_seconds(run: Callable[[], object], repeats: int = 3) -> float:
-    """Return the fastest of `repeats` timed calls of `run`, after one untimed call (oneDNN builds its kernel)."""
-    run()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def probe_bf16_speedup(repeats: int = 3) -> float:
-    """Return how many times faster a bf16 product of PROBE_SHAPE runs than the fp32 one (best of `repeats`)."""
-    tokens, width, hidden = PROBE_SHAPE
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(tokens, width, generator=generator)
-    weight = torch.randn(hidden, width, generator=generator) * width**-0.5
-    bias = torch.zeros(hidden)
-    seconds = {}
-    with torch.inference_mode():
-        for dtype in (torch.float32, torch.bfloat16):
-            args = (x.to(dtype), weight.to(dtype), bias.to(dtype))
-            seconds[dtype] = best_seconds(lambda args=args: onednn.linear(*args), repeats)
-    return seconds[torch.float32] / seconds[torch.bfloat16]
 
 
 def decide(device_type: str, requested: str, *, native_bf16: bool) -> str:

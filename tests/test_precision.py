@@ -34,7 +34,6 @@ def test_auto_never_times_anything(monkeypatch):
         raise AssertionError("resolving a precision timed something")
 
     monkeypatch.setattr(precision, "best_seconds", no_timing)
-    monkeypatch.setattr(precision, "probe_bf16_speedup", no_timing)
     assert resolve_precision("auto", CPU) in ("bf16", "fp32")
     assert resolve_precision("auto", CPU) == ("bf16" if precision.cpu_has_native_bf16() else "fp32")
 
