@@ -363,19 +363,24 @@ def test_silent_server_hits_the_read_timeout(serve):
     assert info.value.reason == "unreachable" and info.value.retryable
 
 
-def test_trickling_server_hits_the_total_timeout(serve):
-    ls = serve()
+def trickling(chunks: int):
+    """Return a route that promises 100000 bytes and sends `chunks` single bytes, one every 50 ms."""
 
     def trickle(handler):
         handler.send_response(200)
         handler.send_header("Content-Length", "100000")
         handler.end_headers()
-        for _ in range(100):
+        for _ in range(chunks):
             handler.wfile.write(b"\0")
             handler.wfile.flush()
             time.sleep(0.05)
 
-    ls.routes["/data/trickle.png"] = trickle
+    return trickle
+
+
+def test_trickling_server_hits_the_total_timeout(serve):
+    ls = serve()
+    ls.routes["/data/trickle.png"] = trickling(100)
     started = time.monotonic()
     with pytest.raises(ImageError, match="took over") as info:
         load_task_image("/data/trickle.png", settings_for(ls, fetch_read_timeout_s=1.0, fetch_total_timeout_s=0.5))
@@ -470,17 +475,7 @@ def test_empty_body_error_names_the_content_type(serve, ctype, shown):
 
 def test_total_timeout_error_is_unreachable_and_says_the_limit(serve):
     ls = serve()
-
-    def trickle(handler):
-        handler.send_response(200)
-        handler.send_header("Content-Length", "100000")
-        handler.end_headers()
-        for _ in range(40):
-            handler.wfile.write(b"\0")
-            handler.wfile.flush()
-            time.sleep(0.05)
-
-    ls.routes["/data/trickle.png"] = trickle
+    ls.routes["/data/trickle.png"] = trickling(40)
     with pytest.raises(ImageError) as info:
         load_task_image("/data/trickle.png", settings_for(ls, fetch_read_timeout_s=1.0, fetch_total_timeout_s=0.5))
     assert (info.value.reason, info.value.message, info.value.retryable) == (
