@@ -19,7 +19,6 @@ import uuid
 from typing import Any
 
 import redis
-from rq.serializers import JSONSerializer
 
 from backend.jobqueue import queues as rq_queue
 
@@ -164,11 +163,8 @@ def enqueue(conn: redis.Redis, settings: Any, project: str, *, min_examples: int
     try:
         set_status(conn, settings.queue_prefix, project, state="queued", job_id=job_id, step="waiting for a worker",
                    done=0, total=0, message="", report=None)
-        queue = rq_queue.Queue(rq_queue.queue_name(settings.queue_prefix, rq_queue.BATCH), connection=conn,
-                               serializer=JSONSerializer)
-        queue.enqueue_call(JOB_FUNCTION, args=(payload,), job_id=job_id, timeout=LOCK_TTL_S,
-                           result_ttl=settings.result_ttl_s, failure_ttl=settings.error_ttl_s, at_front=True,
-                           description=f"calibrate project {project}")
+        rq_queue.enqueue_project_job(conn, settings, JOB_FUNCTION, payload, job_id=job_id, timeout_s=LOCK_TTL_S,
+                                     description=f"calibrate project {project}")
     except BaseException:
         release(conn, settings.queue_prefix, project, job_id)
         raise

@@ -15,7 +15,6 @@ import uuid
 from typing import Any
 
 import redis
-from rq.serializers import JSONSerializer
 
 from backend.jobqueue import queues as rq_queue
 
@@ -31,13 +30,10 @@ def enqueue(conn: redis.Redis, settings: Any, project: str, model_version: str |
     job_id = f"{settings.queue_prefix}-evaluate-{project}-{uuid.uuid4().hex[:12]}"
     save(conn, settings.queue_prefix, project, {"state": "queued", "job_id": job_id, "model_version": model_version},
          settings.result_ttl_s)
-    queue = rq_queue.Queue(rq_queue.queue_name(settings.queue_prefix, rq_queue.BATCH), connection=conn,
-                           serializer=JSONSerializer)
     payload = {"prefix": settings.queue_prefix, "project": project, "model_version": model_version,
                "ttl_s": settings.result_ttl_s}
-    queue.enqueue_call(JOB_FUNCTION, args=(payload,), job_id=job_id, timeout=settings.job_timeout_s,
-                       result_ttl=settings.result_ttl_s, failure_ttl=settings.error_ttl_s, at_front=True,
-                       description=f"evaluate project {project}")
+    rq_queue.enqueue_project_job(conn, settings, JOB_FUNCTION, payload, job_id=job_id,
+                                 timeout_s=settings.job_timeout_s, description=f"evaluate project {project}")
     return job_id
 
 

@@ -129,6 +129,15 @@ def enqueue(conn: redis.Redis, settings: Settings, payload: dict[str, Any], *, i
     return "exists"
 
 
+def enqueue_project_job(conn: redis.Redis, settings: Settings, function: str, payload: dict[str, Any], *,
+                        job_id: str, timeout_s: int, description: str) -> None:
+    """Queue a job about a whole project (a calibration, an evaluation) at the front of the batch queue: one
+    such job, asked for by a person, should not wait behind a project's pre-labeling jobs."""
+    queue = Queue(queue_name(settings.queue_prefix, BATCH), connection=conn, serializer=JSONSerializer)
+    queue.enqueue_call(function, args=(payload,), job_id=job_id, timeout=timeout_s, result_ttl=settings.result_ttl_s,
+                       failure_ttl=settings.error_ttl_s, at_front=True, description=description)
+
+
 # A stored result is one Redis string: a small JSON header (task_id, error), then, for a prediction, a
 # newline and the prediction's JSON. /predict splices those prediction bytes into its answer without
 # parsing them: they are mostly long RLE integer lists, the largest cost of a request otherwise.
