@@ -10,7 +10,7 @@ from PIL import Image
 
 from backend.cli import evaluate as cli
 from backend.evaluation.project_source import pick_prediction, task_sample
-from gem_engine.rle import encode_rle
+from tests.e2e.checks import brush_result
 
 CONFIG = """
 <View>
@@ -146,10 +146,7 @@ def test_folder_mode_reads_a_coco_file(tmp_path, tiny_vit_checkpoint, capsys):
 
 
 def _brush(label: str, mask: np.ndarray) -> dict:
-    h, w = mask.shape
-    return {"id": f"r-{label}", "from_name": "brush", "to_name": "image", "type": "brushlabels",
-            "original_width": w, "original_height": h, "image_rotation": 0,
-            "value": {"format": "rle", "rle": encode_rle(mask), "brushlabels": [label]}}
+    return {"id": f"r-{label}", **brush_result(label, mask)}
 
 
 def test_project_task_recorded_json():

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 from label_studio_sdk.converter.brush import decode_rle as sdk_decode_rle
 
+from gem_engine.rle import encode_rle
 from tests.e2e.label_configs import LABELS
 
 # control name -> (result type, value key holding the labels)
@@ -15,6 +16,14 @@ CONTROLS = {
     "polygon": ("polygonlabels", "polygonlabels"),
     "box": ("rectanglelabels", "rectanglelabels"),
 }
+
+
+def brush_result(label: str, mask: np.ndarray, *, from_name: str = "brush", to_name: str = "image") -> dict:
+    """Return a brush result of `label` covering `mask` (bool [height, width]), as an annotator's is stored."""
+    height, width = mask.shape
+    return {"from_name": from_name, "to_name": to_name, "type": "brushlabels", "original_width": width,
+            "original_height": height, "image_rotation": 0,
+            "value": {"format": "rle", "rle": encode_rle(mask), "brushlabels": [label]}}
 
 
 def brush_mask(result: dict) -> np.ndarray:

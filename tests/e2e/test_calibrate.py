@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from backend.cli import calibrate as cli
-from gem_engine.rle import encode_rle
 from tests import scenes
+from tests.e2e.checks import brush_result
 from tests.e2e.ls_rest import RETRIEVE_PREDICTIONS_ACTION, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -29,19 +29,12 @@ ANNOTATED = 12
 SEED = 515
 
 
-def _brush(label: str, mask: np.ndarray) -> dict:
-    height, width = mask.shape
-    return {"from_name": "brush", "to_name": "image", "type": "brushlabels", "original_width": width,
-            "original_height": height, "image_rotation": 0,
-            "value": {"format": "rle", "rle": encode_rle(mask), "brushlabels": [label]}}
-
-
 def _truth(scene: scenes.Scene) -> list[dict]:
     masks: dict[str, np.ndarray] = {}
     for obj in scene.objects:
         label = scenes.mention(obj.color, None)
         masks[label] = masks.get(label, np.zeros_like(obj.mask)) | obj.mask
-    return [_brush(label, mask) for label, mask in masks.items()]
+    return [brush_result(label, mask) for label, mask in masks.items()]
 
 
 def _backend_version(backend, project: int) -> str:
@@ -62,8 +55,8 @@ def test_start_training_calibrates_the_project_and_a_rollback_restores_it(ls, la
         data = {"image": f"/data/local-files/?d={folder}/scene-{index}.png"}
         tasks.append({"data": data, "annotations": [{"result": _truth(scene)}]} if index < ANNOTATED else {"data": data})
     blank = np.zeros(items[0].objects[0].mask.shape, dtype=bool)
-    tasks[0]["annotations"][0]["result"].append(_brush("zebra", items[0].objects[0].mask))
-    tasks[1]["annotations"][0]["result"].append(_brush(LABELS[0], blank))
+    tasks[0]["annotations"][0]["result"].append(brush_result("zebra", items[0].objects[0].mask))
+    tasks[1]["annotations"][0]["result"].append(brush_result(LABELS[0], blank))
     tasks.append({"data": {"image": f"/data/local-files/?d={folder}/deleted.png"},
                   "annotations": [{"result": _truth(items[2])}]})
     project = ls.create_project("calibrate", CONFIG)

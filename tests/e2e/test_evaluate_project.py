@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from backend.cli import evaluate as cli
-from gem_engine.rle import encode_rle
+from tests.e2e.checks import brush_result as _brush
 
 pytestmark = pytest.mark.e2e
 
@@ -20,12 +20,6 @@ CONFIG = """
 </View>
 """
 W, H = 20, 10
-
-
-def _brush(label: str, mask: np.ndarray) -> dict:
-    return {"from_name": "brush", "to_name": "image", "type": "brushlabels", "original_width": W,
-            "original_height": H, "image_rotation": 0,
-            "value": {"format": "rle", "rle": encode_rle(mask), "brushlabels": [label]}}
 
 
 def _polygon(label: str, points: list[list[float]]) -> dict:
