@@ -78,18 +78,18 @@ def _calibrate(conn: Any, prefix: str, project: str, payload: dict[str, Any]) ->
     extra = (rq_queue.load_project(conn, prefix, project) or {}).get("extra_params") or {}
     base = ProjectOptions.from_settings(st.settings, extra)
     current = calibrations.active_params(conn, prefix, project)
-    tasks = [t for t in client.iter_tasks(project_id, int(payload.get("page_size") or 100), fields="all")
-             if pick_annotation(t.get("annotations") or []) is not None]
+    annotated = [(t, a) for t in client.iter_tasks(project_id, int(payload.get("page_size") or 100), fields="all")
+                 if (a := pick_annotation(t.get("annotations") or [])) is not None]
     skipped: dict[str, str] = {}
     problems: dict[str, list[str]] = {}
     examples: list[Example] = []
     engine = st.engines.get(base)
     reused = 0
-    for done, task in enumerate(tasks):
-        calibrations.set_status(conn, prefix, project, step="computing maps", done=done, total=len(tasks))
+    for done, (task, annotation) in enumerate(annotated):
+        calibrations.set_status(conn, prefix, project, step="computing maps", done=done, total=len(annotated))
         name = f"task {task.get('id')}"
         try:
-            example, found, was_cached = _example(task, vocabulary, base, engine, st.settings, client)
+            example, found, was_cached = _example(task, annotation, vocabulary, base, engine, st.settings, client)
         except (images.ImageError, ValueError) as exc:
             skipped[name] = str(exc)
             continue
@@ -97,13 +97,13 @@ def _calibrate(conn: Any, prefix: str, project: str, payload: dict[str, Any]) ->
         reused += was_cached
         if found:
             problems[name] = found
-    calibrations.set_status(conn, prefix, project, step="fitting", done=len(tasks), total=len(tasks))
+    calibrations.set_status(conn, prefix, project, step="fitting", done=len(annotated), total=len(annotated))
     min_examples = int(payload.get("min_examples") or DEFAULT_MIN_EXAMPLES)
     result = fit(examples, list(vocabulary.labels), base, current, background_labels=vocabulary.background,
                  min_examples=min_examples)
-    report = {**result.to_dict(), "project": project, "annotated_tasks": len(tasks), "used": len(examples),
+    report = {**result.to_dict(), "project": project, "annotated_tasks": len(annotated), "used": len(examples),
               "skipped": skipped, "problems": problems, "previous_params": current, "analyses_reused": reused}
-    if not examples and not tasks:
+    if not annotated:
         report["reason"] = "the project has no task with a submitted annotation: annotate some tasks first"
     if result.adopted:
         report["version"] = calibrations.add_version(conn, prefix, project, result.params, _summary(report))
@@ -111,12 +111,11 @@ def _calibrate(conn: Any, prefix: str, project: str, payload: dict[str, Any]) ->
     return report
 
 
-def _example(task: dict[str, Any], vocabulary: Vocabulary, base: ProjectOptions, engine: Any, settings: Any,
-             client: Any) -> tuple[Example, list[str], bool]:
+def _example(task: dict[str, Any], annotation: dict[str, Any], vocabulary: Vocabulary, base: ProjectOptions,
+             engine: Any, settings: Any, client: Any) -> tuple[Example, list[str], bool]:
     """Return one task's example (its image analysed, its annotation as masks), the problems found, and
     whether its analysis came from this worker's cache."""
-    annotation = pick_annotation(task.get("annotations") or [])
-    results = (annotation or {}).get("result") or []
+    results = annotation.get("result") or []
     url = image_url_of(task, vocabulary)
     key = (base.engine_key(), url, vocabulary.prompts, base.background_prompts)
     reused = key in _ANALYSES
