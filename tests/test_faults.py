@@ -691,3 +691,48 @@ def test_a_prediction_is_pushed_once_per_task_and_version_whichever_path_pushes(
         assert push_once.begin(conn, prefix, 6, "v2")[0] == "go", "another version is another prediction"
     finally:
         ls.close()
+
+
+def test_a_prelabel_push_waits_for_a_live_pusher_and_takes_over_a_killed_ones_lease(redis_server):
+    """A `prelabel` killed between taking a push marker and pushing left a lease: the rerun must still push.
+
+    A marker held by a live process is left to it (offered again later, not counted as pushed); once that
+    process is killed, a pusher on the same machine takes the marker over at once instead of waiting out the
+    lease; a holder it cannot judge (another host, an unnamed lease) still counts as alive.
+    """
+    from backend.bulk.common import Progress, Summary
+    from backend.bulk.project import ProjectRun, _push
+    from backend.jobqueue import push_once
+
+    class ImportRecorder:  # the push logic under test calls only this method of the Label Studio client
+        def __init__(self):
+            self.batches = []
+
+        def import_predictions(self, project, predictions):
+            self.batches.append([p["task"] for p in predictions])
+
+    settings = _outbox_settings(redis_server, free_port())
+    prefix, conn = settings.queue_prefix, redis_server.client()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time, redis; from backend.jobqueue import push_once; "
+         f"print(push_once.begin(redis.Redis.from_url({redis_server.url!r}), {prefix!r}, 1, 'v')[0], flush=True); "
+         "time.sleep(120)"], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert holder.stdout.readline().strip() == "go"
+        client = ImportRecorder()
+        run, summary = ProjectRun(project=7, push_batch=10, progress=False), Summary()
+        predictions = [{"task": task, "model_version": "v", "result": []} for task in (1, 2)]
+        with Progress(2, desc="push", enabled=False) as bar:
+            held = _push(client, run, list(predictions), summary, bar, conn, settings)
+            assert held == predictions[:1] and summary.done == 1, "a live holder's task is neither sent nor done"
+            assert client.batches == [[2]]
+            holder.kill()
+            holder.wait(10)
+            assert _push(client, run, held, summary, bar, conn, settings) == []
+        assert client.batches == [[2], [1]] and summary.done == 2
+        assert push_once.begin(conn, prefix, 1, "v")[0] == "done"
+        for stranger in ("pushing:elsewhere.4026531836.1.1:abc", "pushing:abc"):
+            conn.set(push_once.marker_key(prefix, 3, "v"), stranger)
+            assert push_once.begin(conn, prefix, 3, "v")[0] == "busy", stranger
+    finally:
+        holder.kill()

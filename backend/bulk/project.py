@@ -38,6 +38,7 @@ INTERRUPT_GRACE_S = 10.0
 NO_WORKER_HINT_S = 15.0
 DIGEST_WAIT_S = 60.0  # how long running workers get to publish the digest of a weights file
 REAP_EVERY_S = 5.0  # how often outstanding jobs are checked for having been lost
+HELD_RECHECK_S = 2.0  # how often a prediction another pusher is sending is checked again
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,9 @@ def run_project(
     workers = LocalWorkers(run.workers, settings, options, Path(settings.data_dir) / "prelabel-workers.log")
     outstanding: dict[str, Any] = {}  # job id -> task id
     to_push: list[dict[str, Any]] = []
+    # Predictions another live pusher is sending: offered again until it finishes, fails or its lease lapses.
+    held: list[dict[str, Any]] = []
+    recheck_at = 0.0
     upcoming = iter(todo)
     exhausted = False
     hinted = False
@@ -249,8 +253,11 @@ def run_project(
                     if finished:
                         idle_since = time.monotonic()
                     if len(to_push) >= run.push_batch or (to_push and (not outstanding or stop.requested)):
-                        _push(client, run, to_push, summary, bar, conn, settings)
-                    if not outstanding and (exhausted or stop.requested):
+                        held += _push(client, run, to_push, summary, bar, conn, settings)
+                    if held and time.monotonic() >= recheck_at:
+                        held = _push(client, run, held, summary, bar, conn, settings)
+                        recheck_at = time.monotonic() + HELD_RECHECK_S
+                    if not outstanding and not held and (exhausted or stop.requested):
                         break
                     if grace_until is not None and (
                         time.monotonic() > grace_until or not _any_running(conn, prefix, outstanding)
@@ -266,11 +273,11 @@ def run_project(
             except KeyboardInterrupt:
                 stop.requested = True  # a second Ctrl-C: stop waiting, still send what is finished
             if to_push:
-                _push(client, run, to_push, summary, bar, conn, settings)
+                held += _push(client, run, to_push, summary, bar, conn, settings)
             summary.interrupted = stop.requested
     finally:
         workers.stop()
-    summary.pending = len(outstanding) + (0 if exhausted else sum(1 for _ in upcoming))
+    summary.pending = len(outstanding) + len(held) + (0 if exhausted else sum(1 for _ in upcoming))
     summary.elapsed_s = time.monotonic() - started
     return summary
 
@@ -319,17 +326,21 @@ def _reap_lost(conn: Any, prefix: str, outstanding: dict[str, Any], summary: Sum
 
 
 def _push(client: LabelStudioClient, run: ProjectRun, to_push: list[dict[str, Any]], summary: Summary,
-          bar: Progress, conn: Any, settings: Settings) -> None:
+          bar: Progress, conn: Any, settings: Settings) -> list[dict[str, Any]]:
     """Import finished predictions into the project in batches; a refused batch fails its tasks, kept for a rerun.
 
-    A prediction that another path pushed (or is pushing) for the same task and model version is not sent again.
+    A prediction that another path pushed for the same task and model version is not sent again. One that
+    another pusher is sending right now is returned, to be offered again: that pusher may yet fail or die.
     """
     prefix = settings.queue_prefix
+    held = []
     while to_push:
         batch, to_push[:] = to_push[: run.push_batch], to_push[run.push_batch :]
         claims = [push_once.begin(conn, prefix, p["task"], p["model_version"]) for p in batch]
         sending = [(p, token) for p, (verdict, token) in zip(batch, claims, strict=True) if verdict == "go"]
-        summary.done += len(batch) - len(sending)
+        busy = [p for p, (verdict, _) in zip(batch, claims, strict=True) if verdict == "busy"]
+        held += busy
+        summary.done += len(batch) - len(sending) - len(busy)
         try:
             if sending:
                 client.import_predictions(run.project, [p for p, _ in sending])
@@ -342,6 +353,7 @@ def _push(client: LabelStudioClient, run: ProjectRun, to_push: list[dict[str, An
         for prediction, token in sending:
             push_once.finish(conn, settings, prediction["task"], prediction["model_version"], token, pushed=True)
         summary.done += len(sending)
+    return held
 
 
 def _queued(conn: Any, prefix: str) -> int:
