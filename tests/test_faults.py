@@ -689,6 +689,18 @@ def test_a_prediction_is_pushed_once_per_task_and_version_whichever_path_pushes(
         _queue_push(conn, settings, "job-6-again", 6)
         assert outbox.drain(conn, settings, client) == {"present": 1} and ls.posts == 1
         assert push_once.begin(conn, prefix, 6, "v2")[0] == "go", "another version is another prediction"
+        # A worker that finds another pusher's lease leaves the push to the outbox, which waits that one out.
+        from backend.jobqueue import worker
+
+        prediction = {"result": [{"type": "brushlabels", "value": {"rle": [3, 4]}}], "model_version": "v1"}
+        rq_queue.store_result(conn, prefix, "job-8", {"task_id": 8, "prediction": prediction}, 600)
+        stranger = "pushing:elsewhere.1.2.3:abc"
+        conn.set(push_once.marker_key(prefix, 8, "v1"), stranger, ex=60)
+        assert worker._push(conn, {"task_id": 8, "job_id": "job-8"}, prediction, worker._State(settings)) is False
+        assert outbox.drain(conn, settings, client) == {} and ls.posts == 1, "not before the other pusher is done"
+        conn.delete(push_once.marker_key(prefix, 8, "v1"))  # that pusher failed and released it (or its lease lapsed)
+        conn.zadd(outbox.due_key(prefix), {"job-8": 0})
+        assert outbox.drain(conn, settings, client) == {"pushed": 1} and ls.posts == 2
     finally:
         ls.close()
 

@@ -160,10 +160,14 @@ def _push(conn: redis.Redis, payload: dict[str, Any], prediction: dict[str, Any]
         return True
     version = str(prediction.get("model_version") or payload.get("model_version"))
     verdict, token = push_once.begin(conn, st.settings.queue_prefix, task_id, version)
-    if verdict != "go":
-        log.info("task %s job %s: not pushed: %s", task_id, ident,
-                 "Label Studio holds it already" if verdict == "done" else "another worker is pushing it")
+    if verdict == "done":
+        log.info("task %s job %s: not pushed: Label Studio holds it already", task_id, ident)
         return True
+    if verdict == "busy":
+        # The other pusher may yet fail or die mid-push: the outbox looks again until it finishes or its lease lapses.
+        outbox.add(conn, st.settings, ident, int(task_id), delay_s=outbox.BUSY_RETRY_S)
+        log.info("task %s job %s: another pusher is sending it; checked again from the outbox", task_id, ident)
+        return False
     pushed = False
     try:
         if outbox.pending(conn, st.settings.queue_prefix):
