@@ -466,6 +466,13 @@ def test_local_file_byte_limit_is_inclusive(local_root: Path):
 def test_data_uri_limits_and_encodings():
     data = (CORPUS / "ok_rgb.png").read_bytes()
     encoded = base64.b64encode(data).decode()
+    # Percent-encoded (no ";base64"), every byte as "%XX": three characters per byte, still within the cap.
+    quoted = "".join(f"%{b:02X}" for b in data)
+    assert images._decode_data_uri("data:image/png," + quoted, len(data)) == data
+    assert images._decode_data_uri("data:image/png;BASE64," + encoded, len(data)) == data
+    with pytest.raises(ImageError) as info:
+        images._decode_data_uri("data:image/png," + quoted, len(data) - 1)
+    assert info.value.reason == "too_large"
     # Exactly at the byte cap: accepted (the text check allows len * 4 / 3 plus padding).
     assert images._decode_data_uri("data:image/png;base64," + encoded, len(data)) == data
     # Text longer than the cap allows is refused before decoding, even when it is not base64 at all.

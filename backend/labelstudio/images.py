@@ -177,16 +177,18 @@ def _decode_data_uri(url: str, max_bytes: int) -> bytes:
     header, sep, payload = url.partition(",")
     if not sep:
         raise ImageError("data: URI without a comma", reason="invalid_url")
-    # base64 inflates by 4/3; checking the text first keeps a huge URI from being decoded at all.
-    if len(payload) > max_bytes * 4 // 3 + 4:
+    is_base64 = header.lower().endswith(";base64")
+    # Checking the text first keeps a huge URI from being decoded at all: base64 inflates bytes by 4/3,
+    # percent-encoding by up to 3 ("%XX" per byte).
+    if len(payload) > (max_bytes * 4 // 3 + 4 if is_base64 else max_bytes * 3):
         raise ImageError(f"inline image is over the {max_bytes} byte limit", reason="too_large")
-    try:
-        if header.endswith(";base64"):
+    if not is_base64:
+        data = unquote_to_bytes(payload)
+    else:
+        try:
             data = base64.b64decode(payload, validate=True)
-        else:
-            data = unquote_to_bytes(payload)
-    except (binascii.Error, ValueError) as exc:
-        raise ImageError(f"data: URI is not valid base64: {exc}", reason="invalid_url") from exc
+        except (binascii.Error, ValueError) as exc:
+            raise ImageError(f"data: URI is not valid base64: {exc}", reason="invalid_url") from exc
     if len(data) > max_bytes:
         raise ImageError(f"inline image is over the {max_bytes} byte limit", reason="too_large")
     return data
