@@ -9,6 +9,10 @@ the table come:
 - the prelabel flags (`add_flags`, `flag_params`), `model_version`, and the README table of per-project
   options that tests/test_options.py checks.
 
+A `preset` (backend/presets.py) fills the knobs it names wherever it is given (variables, extra params or
+flags), except those given beside it. `pamr_iterations` "auto" is resolved here (`ProjectOptions.resolved`),
+since it depends on the region mode; engine keys and the model version hold the resolved value.
+
 A bad value raises ValueError naming the key it came under (variable, extra param or flag). Standard
 library only: the HTTP service imports this module.
 """
@@ -365,7 +369,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("preset", "PRESET", "--preset", choice(*PRESET_CHOICES), NO_PRESET,
            "a paper's evaluation protocol: `naclip`, `sclip` or `clearclip` sets the knobs it names (see "
            "Evaluation-protocol presets); a knob given beside it (same variables, extra params or flags) wins; "
-           "`none`: no preset", stage="engine"),
+           "`none`: no preset (a project's `none` keeps what the deployment's PRESET set)", stage="engine"),
 )
 # extra_params key (and alias) -> option
 BY_KEY: dict[str, Option] = {key: o for o in OPTIONS for key in (o.key, *o.aliases)}

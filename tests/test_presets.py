@@ -115,6 +115,8 @@ def test_a_preset_sets_its_knobs_and_a_knob_given_beside_it_wins():
     deployment = Settings.from_env({"PRESET": "naclip"})
     assert ProjectOptions.from_settings(deployment) == naclip
     assert ProjectOptions.from_settings(deployment, {"logit_scale": 60}) == dataclasses.replace(naclip, logit_scale=60.0)
+    # `none` names no protocol: it sets nothing, so the deployment's preset values stay.
+    assert ProjectOptions.from_settings(deployment, {"preset": "none"}) == dataclasses.replace(naclip, preset="none")
 
 
 def test_an_unknown_preset_is_refused_naming_the_choices():
