@@ -9,6 +9,10 @@ the table come:
 - the prelabel flags (`add_flags`, `flag_params`), `model_version`, and the README table of per-project
   options that tests/test_options.py checks.
 
+A `preset` (backend/presets.py) fills the knobs it names wherever it is given (variables, extra params or
+flags), except those given beside it. `pamr_iterations` "auto" is resolved here (`ProjectOptions.resolved`),
+since it depends on the region mode; engine keys and the model version hold the resolved value.
+
 A bad value raises ValueError naming the key it came under (variable, extra param or flag). Standard
 library only: the HTTP service imports this module.
 """
@@ -22,6 +26,8 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
+
+from backend.presets import NO_PRESET, PRESET_CHOICES, with_preset
 
 PRODUCT = "gem-labeler"
 
@@ -320,9 +326,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("gem_blocks", "GEM_BLOCKS", "--gem-blocks", whole(1, 64, auto=True), "auto",
            "how many last blocks GEM modifies; `auto`: the reference's 6, or every block of a shallower model",
            stage="engine"),
-    Option("pamr_iterations", "PAMR_ITERATIONS", "--pamr-iterations", whole(0, 50), 0,
-           "PAMR mask-refinement iterations on the maps, any method (0: off; NACLIP's paper uses 10)",
-           stage="engine"),
+    Option("pamr_iterations", "PAMR_ITERATIONS", "--pamr-iterations", whole(0, 50, auto=True), "auto",
+           "PAMR mask-refinement iterations on the maps, any method (0: off); `auto`: 10 in `semantic` region "
+           "mode, 0 in `independent` (what measured best, see Which method, measured)", stage="engine"),
     Option("presence", "PRESENCE", "--presence", choice(*PRESENCE_EVIDENCE), "image+map",
            "how labels are judged present before any mask: `image` (image embedding against the background "
            "prompts), `map` (map peaks against theirs), `image+map` (both averaged) or `none` (every label)",
@@ -357,9 +363,22 @@ OPTIONS: tuple[Option, ...] = (
     Option("window_stride", "WINDOW_STRIDE", "--window-stride", share_or_auto(), "auto",
            "input_mode `sliding`: step between windows as a share of the window (0.5: half a window, the papers' "
            "112 px for 224); `auto`: 2/3", stage="engine"),
+    Option("max_side", "MAX_SIDE", "--max-side", whole(16, 4096), 1344,
+           "input_mode `sliding`: the longer side of the resized image is capped at this many pixels (the shorter "
+           "side then gets less than `image_size`)", stage="engine"),
+    Option("preset", "PRESET", "--preset", choice(*PRESET_CHOICES), NO_PRESET,
+           "a paper's evaluation protocol: `naclip`, `sclip` or `clearclip` sets the knobs it names (see "
+           "Evaluation-protocol presets); a knob given beside it (same variables, extra params or flags) wins; "
+           "`none`: no preset (a project's `none` keeps what the deployment's PRESET set)", stage="engine"),
 )
 # extra_params key (and alias) -> option
 BY_KEY: dict[str, Option] = {key: o for o in OPTIONS for key in (o.key, *o.aliases)}
+
+# `pamr_iterations` "auto", per region mode: PAMR where it measured better on the fixed-vocabulary bench
+# (README "Which method, measured", 100 scenes, mIoU as a multiple of all-background, 6 / 36 labels: semantic
+# 4.91x / 1.39x without, 5.89x / 1.45x with 10 iterations; independent 3.90x / 1.54x without, 5.14x / 1.44x
+# with, a loss on the larger vocabulary). Resolved here, not by the engine, because the region mode decides.
+AUTO_PAMR_ITERATIONS: dict[str, int] = {"semantic": 10, "independent": 0}
 
 
 def spell(value: Any) -> str:
@@ -421,7 +440,9 @@ class ProjectOptions:
                 changes[option.name] = option.read(raw, key)
             except ValueError as exc:
                 raise OptionsError(str(exc)) from None
-        return _check_combination(replace(self, **changes))
+        # A preset among the params fills its knobs, except those given beside it; one set in a layer below
+        # (the environment) yields to the project's preset.
+        return _check_combination(replace(self, **with_preset(changes)))
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready form (the `options` of a job payload)."""
@@ -432,13 +453,22 @@ class ProjectOptions:
         """Return the options `to_dict` described; an option the dict lacks (older payload) takes its default."""
         return cls(**{o.name: o.read(data[o.name], o.name) for o in OPTIONS if o.name in data})
 
+    def resolved(self, name: str) -> Any:
+        """Return an option's value as predictions use it: `pamr_iterations` "auto" as its region mode's number
+        (AUTO_PAMR_ITERATIONS); any other value as set (an "auto" that the engine resolves stays "auto")."""
+        value = getattr(self, name)
+        if name == "pamr_iterations" and value == "auto":
+            return AUTO_PAMR_ITERATIONS[self.region_mode]
+        return value
+
     def model_key(self) -> tuple[Any, ...]:
         """Return what decides which loaded model serves these options."""
         return tuple(getattr(self, o.name) for o in OPTIONS if o.stage == "model")
 
     def engine_key(self) -> tuple[Any, ...]:
-        """Return what decides which engine serves these options: the model key, then the engine's options."""
-        return self.model_key() + tuple(getattr(self, o.name) for o in OPTIONS if o.stage == "engine")
+        """Return what decides which engine serves these options: the model key, then the engine's options
+        as they run (so "auto" PAMR in two region modes gets two engines)."""
+        return self.model_key() + tuple(self.resolved(o.name) for o in OPTIONS if o.stage == "engine")
 
 
 def _check_combination(options: ProjectOptions) -> ProjectOptions:
@@ -471,8 +501,9 @@ def model_version(options: ProjectOptions, contents: Mapping[str, str] | None = 
     options (method, model, weights file or tag), and a digest of the others that change results and of
     the content of every file among them (`contents`: file path -> content digest; ContentUnknown when
     one is missing)."""
-    spelled = [o.kind.fingerprint(getattr(options, o.name)) or "none" for o in OPTIONS if o.version == "spelled"]
-    hashed = [o.kind.fingerprint(getattr(options, o.name)) for o in OPTIONS if o.version == "hashed"]
+    # Resolved values: the version says what ran ("auto" PAMR and an explicit 10 in semantic mode are one version).
+    spelled = [o.kind.fingerprint(options.resolved(o.name)) or "none" for o in OPTIONS if o.version == "spelled"]
+    hashed = [o.kind.fingerprint(options.resolved(o.name)) for o in OPTIONS if o.version == "hashed"]
     files = content_files(options)
     if files:  # only then: versions of tag-based options stay what they were
         contents = contents or {}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backend.options import Option, OptionsError, ProjectOptions, option_fields, spell
+from backend.presets import with_preset
 
 
 class SettingsError(ValueError):
@@ -114,7 +115,8 @@ class Settings:
                 option = f.metadata.get("option")
                 values[f.name] = _read_option(option, environ[name]) if option else _parse(name, environ[name], f.default)
         values.update(overrides)
-        settings = cls(**values)
+        # PRESET fills the option defaults it names, except those given as variables (or overrides) beside it.
+        settings = cls(**with_preset(values))
         settings.validate()
         return settings
 

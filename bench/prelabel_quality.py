@@ -26,6 +26,10 @@ defaults were chosen.
 
     .venv/bin/python bench/prelabel_quality.py [--scenes 300] [--methods gem,gradcam] [--tune] [--pamr 10]
 
+`--pamr` is the product's `pamr_iterations`: `auto` (default) resolves per region mode as the product does
+(backend.options.AUTO_PAMR_ITERATIONS), so the rows without the flag are the product's defaults; rows are
+named method+pamrN where PAMR ran.
+
 Prints a table for people, then the figures as one JSON line.
 """
 
@@ -46,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from backend.options import OPTIONS, ProjectOptions  # noqa: E402
 from bench.localization import HELD_OUT_SEED, load_scenes_model  # noqa: E402
 from gem_engine.engine import HeatmapEngine, ImageAnalysis  # noqa: E402
 from gem_engine.prelabel import prelabel_regions  # noqa: E402
@@ -223,6 +228,13 @@ def tune(method: str, count: int, modes: list[str], background: Sequence[str]) -
     return {"evidence": best[1], "threshold": best[2], "mean_f1": round(best[0], 3)}
 
 
+def pamr_for(pamr: str, mode: str) -> int:
+    """Return the PAMR iterations the product runs with `pamr_iterations`=`pamr` in region mode `mode`."""
+    option = next(o for o in OPTIONS if o.name == "pamr_iterations")
+    given = option.read(pamr, "--pamr")
+    return ProjectOptions(region_mode=mode, pamr_iterations=given).resolved("pamr_iterations")
+
+
 def _cell(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -234,7 +246,8 @@ def main() -> None:
     parser.add_argument("--modes", default="semantic,independent")
     parser.add_argument("--tune", action="store_true", help="first sweep presence settings on tuning scenes")
     parser.add_argument("--tune-scenes", type=int, default=150)
-    parser.add_argument("--pamr", type=int, default=0, help="PAMR iterations after the maps (rows named method+pamr)")
+    parser.add_argument("--pamr", default="auto",
+                        help="PAMR iterations after the maps, or auto: the product's choice per region mode (default)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -250,9 +263,13 @@ def main() -> None:
             figures[f"{method}_tuned"] = tune(method, args.tune_scenes, args.modes.split(","), background)
             print(f"tuned {method}: {figures[f'{method}_tuned']}", flush=True)
         for vocabulary_name, (labels, _) in VOCABULARIES.items():
-            cases, seconds = analyze(method, vocabulary_name, HELD_OUT_SEED, args.scenes, background, args.pamr)
-            baseline = evaluate(cases, labels, nothing)
+            analyzed: dict[int, tuple[list[Case], float]] = {}  # by PAMR iterations
             for mode in args.modes.split(","):
+                pamr = pamr_for(args.pamr, mode)
+                if pamr not in analyzed:
+                    analyzed[pamr] = analyze(method, vocabulary_name, HELD_OUT_SEED, args.scenes, background, pamr)
+                cases, seconds = analyzed[pamr]
+                baseline = evaluate(cases, labels, nothing)
                 regions = RegionOptions(mode=mode)
                 rows = {"all-background": nothing, "old default": old_default(regions),
                         "new default": new_default(defaults, regions), "oracle presence": oracle(regions)}
@@ -260,7 +277,7 @@ def main() -> None:
                     row = baseline if predict is nothing else evaluate(cases, labels, predict)
                     row["miou_ratio"] = row["miou"] / baseline["miou"]
                     row["seconds_per_image"] = seconds
-                    shown = f"{method}+pamr{args.pamr}" if args.pamr else method
+                    shown = f"{method}+pamr{pamr}" if pamr else method
                     key = f"{shown}/{mode}/{vocabulary_name}/{row_name}"
                     figures[key] = {k: None if v is None else round(float(v), 4) for k, v in row.items()}
                     lines.append(

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from backend.cli import prelabel
 from backend.options import (
+    AUTO_PAMR_ITERATIONS,
     OPTIONS,
     ContentUnknown,
     OptionsError,
@@ -53,6 +54,8 @@ EXAMPLES = {
     "score_offset": "-1.25",
     "window_size": "224",
     "window_stride": "0.5",
+    "max_side": "2048",
+    "preset": "naclip",
 }
 BAD = {
     "method": "sam",
@@ -76,6 +79,8 @@ BAD = {
     "score_offset": "101",
     "window_size": "8",
     "window_stride": "1.5",
+    "max_side": "8",
+    "preset": "maskclip",
 }
 VERSION_CELL = {"spelled": "in its name", "hashed": "in its hash", "none": "no"}
 
@@ -138,7 +143,7 @@ def test_the_model_version_changes_only_on_purpose():
     # Pinned so that a reordered table or a changed fingerprint shows here. Adding an option changes every version
     # (its value enters the digest), which is intended: a release with new options makes different predictions,
     # and Label Studio must not mix them with the old ones. Update the pin in the commit that adds the option.
-    assert model_version(ProjectOptions.from_settings(DEFAULTS)) == "gem-labeler-gem-ViT-B-16-openai-2ac78d29"
+    assert model_version(ProjectOptions.from_settings(DEFAULTS)) == "gem-labeler-gem-ViT-B-16-openai-41caa05d"
     explicit = ProjectOptions.from_settings(DEFAULTS, {o.key: spell(o.default) for o in OPTIONS})
     assert model_version(explicit) == model_version(ProjectOptions.from_settings(DEFAULTS))
     custom = ProjectOptions.from_settings(DEFAULTS, {
@@ -170,7 +175,8 @@ def test_two_checkpoints_with_one_file_name_get_two_versions_and_one_file_moved_
 
 @pytest.mark.parametrize("option", [o for o in OPTIONS if o.name in EXAMPLES], ids=lambda o: o.name)
 def test_the_model_version_and_engine_keys_follow_the_table(option):
-    base = ProjectOptions.from_settings(DEFAULTS)
+    # PAMR held at a number: "auto" follows the region mode (its own test below).
+    base = ProjectOptions.from_settings(DEFAULTS, {} if option.name == "pamr_iterations" else {"pamr_iterations": 10})
     changed = base.with_params({option.key: EXAMPLES[option.name]})
     assert (model_version(changed, _digests(changed)) != model_version(base)) == (option.version != "none")
     assert (changed.model_key() != base.model_key()) == (option.stage == "model")
@@ -223,12 +229,37 @@ def test_options_that_cannot_work_together_are_refused_where_they_are_given():
 def test_whole_number_options_read_auto_and_refuse_fractions():
     options = ProjectOptions.from_settings(DEFAULTS, {"image_size": "AUTO", "gem_blocks": 3, "pamr_iterations": 10.0})
     assert (options.image_size, options.gem_blocks, options.pamr_iterations) == ("auto", 3, 10)
-    for params, message in [({"pamr_iterations": "auto"}, "pamr_iterations='auto' has the wrong type: a whole number"),
+    assert ProjectOptions.from_settings(DEFAULTS, {"pamr_iterations": " Auto"}).pamr_iterations == "auto"
+    for params, message in [({"max_side": "auto"}, "max_side='auto' has the wrong type: a whole number needed"),
+                            ({"pamr_iterations": "ten"}, "pamr_iterations='ten' has the wrong type: a whole number "
+                                                         "or 'auto' needed"),
                             ({"image_size": 2049}, "image_size must be auto or a whole number in [16, 2048]"),
                             ({"gem_blocks": True}, "gem_blocks=True has the wrong type")]:
         with pytest.raises(OptionsError) as caught:
             ProjectOptions.from_settings(DEFAULTS, params)
         assert str(caught.value).startswith(message), caught.value
+
+
+def test_auto_pamr_follows_the_region_mode_and_a_number_given_wins():
+    assert AUTO_PAMR_ITERATIONS == {"semantic": 10, "independent": 0}  # README, "Which method, measured"
+    for params, runs in [({}, 10), ({"region_mode": "independent"}, 0), ({"pamr_iterations": 0}, 0),
+                         ({"region_mode": "independent", "pamr_iterations": 5}, 5)]:
+        options = ProjectOptions.from_settings(DEFAULTS, params)
+        assert options.resolved("pamr_iterations") == runs, params
+        assert options.pamr_iterations == params.get("pamr_iterations", "auto")
+    assert ProjectOptions.from_settings(Settings.from_env({"PAMR_ITERATIONS": "3"})).resolved("pamr_iterations") == 3
+
+
+def test_the_model_version_and_engine_key_hold_the_pamr_iterations_that_run():
+    def version_and_key(params):
+        options = ProjectOptions.from_settings(DEFAULTS, params)
+        return model_version(options), options.engine_key()
+
+    assert version_and_key({}) == version_and_key({"pamr_iterations": 10})
+    assert version_and_key({}) != version_and_key({"pamr_iterations": 0})
+    independent = {"region_mode": "independent"}
+    assert version_and_key(independent) == version_and_key({**independent, "pamr_iterations": 0})
+    assert version_and_key(independent)[1] != version_and_key({})[1], "two region modes, two engines"
 
 
 def test_every_engine_option_reaches_the_engine_the_workers_and_folders_use(tiny_vit_checkpoint):
@@ -240,15 +271,17 @@ def test_every_engine_option_reaches_the_engine_the_workers_and_folders_use(tiny
     cache = EngineCache(settings)
     default = cache.get(ProjectOptions.from_settings(settings))
     assert (default.size, default.options.input_mode, default.options.templates, default.options.pamr_iterations) == (
-        448, "square", "single", 0)
+        448, "square", "single", 10)
     chosen = cache.get(ProjectOptions.from_settings(settings, {
         "image_size": 96, "input_mode": "sliding", "templates": "ensemble", "gem_blocks": 1, "pamr_iterations": 2,
-        "method": "naclip", "window_size": 64, "window_stride": 0.5}))
+        "method": "naclip", "window_size": 64, "window_stride": 0.5, "max_side": 160}))
     assert chosen is not default and chosen.method == "naclip"
     assert (chosen.size, chosen.options.input_mode, chosen.options.templates, chosen.options.pamr_iterations) == (
         96, "sliding", "ensemble", 2)
-    assert (chosen.options.window_size, chosen.options.window_stride) == (64, 0.5)
-    assert (default.options.window_size, default.options.window_stride) == (None, 2 / 3)
+    assert (chosen.options.window_size, chosen.options.window_stride, chosen.options.max_side) == (64, 0.5, 160)
+    assert (default.options.window_size, default.options.window_stride, default.options.max_side) == (None, 2 / 3, 1344)
+    independent = cache.get(ProjectOptions.from_settings(settings, {"region_mode": "independent"}))
+    assert independent is not default and independent.options.pamr_iterations == 0
     gem = cache.get(ProjectOptions.from_settings(settings, {"gem_blocks": 1}))
     assert gem.gem_options.blocks == 1 and default.gem_options.blocks != 1
 

@@ -1,10 +1,19 @@
-"""Evaluation-protocol presets: they build a working engine and region options, with the papers' windows."""
+"""Evaluation-protocol presets: they build a working engine and region options, with the papers' windows; the
+per-project option `preset` fills the same knobs, and a knob given beside it wins."""
+
+import dataclasses
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from gem_engine.engine import HeatmapEngine
+from backend.cli import prelabel
+from backend.labeling.pipeline import engine_options, region_options
+from backend.options import BY_KEY, OptionsError, ProjectOptions, model_version
+from backend.presets import PRESET_CHOICES
+from backend.presets import PRESETS as OPTION_PRESETS
+from backend.settings import Settings, SettingsError
+from gem_engine.engine import EngineOptions, HeatmapEngine
 from gem_engine.models import wrap_model
 from gem_engine.preprocess import prepare
 from gem_engine.presets import PRESETS, get_preset
@@ -56,3 +65,76 @@ def test_a_window_smaller_than_a_patch_is_refused(tiny_vit):
         HeatmapEngine(wrap_model(tiny_vit, "tiny-vit"), input_mode="sliding", window_size=8)
     with pytest.raises(ValueError, match="window size 8"):
         prepare(photo(50, 40), mode="sliding", size=96, window=8, patch=(16, 16), mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+DEFAULTS = Settings.from_env({})
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_the_preset_option_runs_the_engines_preset(name):
+    # backend/presets.py spells gem_engine/presets.py as options (backend.options may not import the engine):
+    # a project with the preset gets the same engine options, region options and background prompts.
+    assert sorted(OPTION_PRESETS) == sorted(PRESETS)
+    preset = get_preset(name)
+    options = ProjectOptions.from_settings(DEFAULTS, {"preset": name})
+    engine = dict(preset.engine)
+    assert options.method == engine.pop("method")
+    assert EngineOptions(**engine_options(options)) == EngineOptions(**engine)
+    regions = region_options(options)
+    assert {field: getattr(regions, field) for field in preset.regions} == dict(preset.regions)
+    assert options.background_prompts == preset.background_prompts
+    for key, value in OPTION_PRESETS[name].items():  # each value as its option reads it (payloads read it again)
+        assert BY_KEY[key].read(value, key) == value, key
+
+
+def _from_flags(*flags: str) -> ProjectOptions:
+    args = prelabel.build_parser().parse_args(["--images", "photos", *flags])
+    return ProjectOptions.from_settings(DEFAULTS, prelabel.flag_params(args))
+
+
+def test_a_preset_sets_its_knobs_and_a_knob_given_beside_it_wins():
+    plain = ProjectOptions.from_settings(DEFAULTS)
+    naclip = ProjectOptions.from_settings(DEFAULTS, {"preset": "naclip"})
+    knobs = OPTION_PRESETS["naclip"]
+    assert {name: getattr(naclip, name) for name in knobs} == knobs
+    assert {name for name in knobs if getattr(plain, name) != knobs[name]} == set(knobs) - {"region_mode"}
+    assert naclip == dataclasses.replace(plain, preset="naclip", **knobs)  # nothing else moves
+
+    # Beside it: in the extra params, the variables or the flags; a value equal to the option's default too.
+    given = ProjectOptions.from_settings(DEFAULTS, {"preset": "naclip", "logit_scale": "60", "background_threshold": 0})
+    assert (given.logit_scale, given.background_threshold) == (60.0, 0.0)
+    assert given == dataclasses.replace(naclip, logit_scale=60.0, background_threshold=0.0)
+    variables = Settings.from_env({"PRESET": "naclip", "LOGIT_SCALE": "60", "BACKGROUND_THRESHOLD": "0"})
+    assert ProjectOptions.from_settings(variables) == given
+    assert _from_flags("--preset", "naclip", "--logit-scale", "60", "--background-threshold", "0") == given
+    # A payload keeps what was chosen: reading it back applies no preset again.
+    assert ProjectOptions.from_dict(given.to_dict()) == given
+
+    # Across layers: a project's preset over a deployment's variable, a project's knob over a deployment's preset.
+    assert ProjectOptions.from_settings(Settings.from_env({"LOGIT_SCALE": "60"}), {"preset": "naclip"}) == naclip
+    deployment = Settings.from_env({"PRESET": "naclip"})
+    assert ProjectOptions.from_settings(deployment) == naclip
+    assert ProjectOptions.from_settings(deployment, {"logit_scale": 60}) == dataclasses.replace(naclip, logit_scale=60.0)
+    # `none` names no protocol: it sets nothing, so the deployment's preset values stay.
+    assert ProjectOptions.from_settings(deployment, {"preset": "none"}) == dataclasses.replace(naclip, preset="none")
+
+
+def test_an_unknown_preset_is_refused_naming_the_choices():
+    message = "preset must be 'none', 'naclip', 'sclip' or 'clearclip', not 'maskclip'"
+    assert PRESET_CHOICES == ("none", "naclip", "sclip", "clearclip")
+    with pytest.raises(OptionsError, match=f"^{message}$"):
+        ProjectOptions.from_settings(DEFAULTS, {"preset": "maskclip"})
+    with pytest.raises(SettingsError, match=f"^PRESET {message[len('preset '):]}$"):
+        Settings.from_env({"PRESET": "maskclip"})
+    with pytest.raises(ValueError, match=f"^--preset {message[len('preset '):]}$"):
+        _from_flags("--preset", "maskclip")
+
+
+def test_the_model_version_tells_the_presets_apart():
+    versions = {name: model_version(ProjectOptions.from_settings(DEFAULTS, {"preset": name})) for name in PRESET_CHOICES}
+    assert len(set(versions.values())) == len(PRESET_CHOICES)
+    assert versions["none"] == model_version(ProjectOptions.from_settings(DEFAULTS))
+    # The preset's name is in the version too, not only the knobs it set.
+    by_hand = ProjectOptions.from_settings(DEFAULTS, OPTION_PRESETS["naclip"])
+    assert model_version(by_hand) != versions["naclip"]
+    assert model_version(dataclasses.replace(by_hand, preset="naclip")) == versions["naclip"]

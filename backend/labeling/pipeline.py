@@ -115,9 +115,10 @@ def engine_options(options: ProjectOptions) -> dict[str, Any]:
         "input_mode": options.input_mode,
         "templates": options.templates,
         "gem_blocks": options.gem_blocks,
-        "pamr_iterations": options.pamr_iterations,
+        "pamr_iterations": options.resolved("pamr_iterations"),  # "auto" depends on the region mode
         "window_size": options.window_size,
         "window_stride": options.window_stride,
+        "max_side": options.max_side,
     }
     return {name: value for name, value in chosen.items() if value != "auto"}
 

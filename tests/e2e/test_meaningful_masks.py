@@ -57,7 +57,8 @@ def test_brush_masks_land_on_the_named_objects(ls, scenes_backend, tmp_path):
     mean_precision, mean_chance = float(np.mean(precision)), float(np.mean(chance))
     print(f"scenes: {len(precision)} objects, {overlapping} overlapped by their label's mask, "
           f"mean precision {mean_precision:.3f} vs chance {mean_chance:.3f}")
-    # Measured on these 8 scenes: 0.676 vs 0.044 (15x), every object overlapped by its label's mask.
+    # Measured on these 8 scenes: 0.827 vs 0.044 (19x), 16 of 17 objects overlapped by their label's mask, with
+    # the default PAMR of semantic mode (0.676, 15x, all 17 overlapped without it).
     assert mean_precision >= 5 * mean_chance, (mean_precision, mean_chance)
     assert overlapping >= 0.8 * len(precision), (overlapping, len(precision))
 
