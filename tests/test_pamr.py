@@ -112,3 +112,30 @@ def test_engine_refuses_bad_pamr_settings(tiny_vit):
         HeatmapEngine(loaded, pamr_iterations=-1)
     with pytest.raises(ValueError, match="pamr_dilations"):
         HeatmapEngine(loaded, pamr_iterations=10, pamr_dilations=[])
+
+
+def test_pamr_runs_on_one_thread_and_restores_the_thread_count():
+    from gem_engine import pamr
+
+    before = torch.get_num_threads()
+    seen = []
+    original = pamr._iterate
+
+    def spy(*args):
+        seen.append(torch.get_num_threads())
+        return original(*args)
+
+    torch.set_num_threads(2)
+    try:
+        pamr._iterate = spy
+        image, maps = torch.rand(3, 24, 20), torch.rand(2, 6, 5)
+        refined = pamr.refine(image, maps, iterations=3)
+        assert seen == [1] and torch.get_num_threads() == 2
+        with pamr.one_thread():
+            assert torch.get_num_threads() == 1
+            again = original(image, pamr.F.interpolate(maps[None], size=(24, 20), mode="bilinear",
+                                                        align_corners=True)[0], 3, (8, 16), (24, 20))
+        assert torch.equal(refined, again) and torch.get_num_threads() == 2
+    finally:
+        pamr._iterate = original
+        torch.set_num_threads(before)
