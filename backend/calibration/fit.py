@@ -4,8 +4,11 @@ Pipeline: examples (an image's ImageAnalysis and its human masks per label) -> `
 own path (presence -> regions, `gem_engine.prelabel`) with a set of extra params and scores it (mIoU with
 background over all pixels, image-level presence F1, ECE of region scores) -> `search` improves the
 params on training examples: a coordinate search over the global knobs (presence evidence and threshold,
-background threshold, logit scale), then per-label presence thresholds for labels with at least `min_examples`
-annotated images, then a sigmoid on the scores' logits (Platt scaling: `score_slope`, `score_offset`) fitted
+background threshold, logit scale), then per-label presence thresholds from each label's absent images
+(`negative_thresholds`: every annotated image is a negative example of each label it lacks, so 25 images give a
+label about 24 examples even when it is present in one; its threshold is a common number `z` of standard
+deviations above the mean logit of its presence probability on those images, z chosen by the search), then
+presence thresholds by F1 for labels with at least `min_examples` annotated images of them, then a sigmoid on the scores' logits (Platt scaling: `score_slope`, `score_offset`) fitted
 to whether each region is right (IoU with its label at least 0.5), so scores say how often regions are right -> `fit` cross-validates that search (FOLDS interleaved folds: fit on the rest, judge on the fold) and
 adopts the params fitted on all examples only when the held-out mIoU rises and presence F1 does not fall.
 
@@ -38,6 +41,8 @@ GRID: dict[str, tuple[Any, ...]] = {
     "logit_scale": (50.0, 100.0, 200.0),
 }
 LABEL_THRESHOLDS = np.round(np.arange(0.05, 1.0, 0.05), 2)
+# `negative_thresholds`: how many standard deviations above its absent images' mean logit a label must score.
+NEGATIVE_Z = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 DEFAULT_MIN_EXAMPLES = 5
 FOLDS = 3
 ECE_BINS = 10
@@ -175,8 +180,10 @@ def label_examples(examples: Sequence[Example], labels: Sequence[str]) -> dict[s
 
 
 def search(examples: Sequence[Example], labels: Sequence[str], base: ProjectOptions, start: Mapping[str, Any],
-           *, background_labels: Sequence[str] = (), min_examples: int = DEFAULT_MIN_EXAMPLES) -> dict[str, Any]:
-    """Return the extra params that maximise quality on `examples`, starting from `start` (applied on `base`)."""
+           *, background_labels: Sequence[str] = (), min_examples: int = DEFAULT_MIN_EXAMPLES,
+           scores: bool = True) -> dict[str, Any]:
+    """Return the extra params that maximise quality on `examples`, starting from `start` (applied on `base`);
+    `scores`: also fit the score sigmoid on these examples' regions (Platt scaling)."""
     params = dict(start)
     best = quality(examples, labels, base.with_params(params), background_labels)
     for key, values in GRID.items():  # one knob at a time, the others held at their best so far
@@ -187,25 +194,94 @@ def search(examples: Sequence[Example], labels: Sequence[str], base: ProjectOpti
             # there) overfits the few annotated images and would not be adopted anyway.
             if got.beats(best):
                 params, best = trial, got
+    # Then per-label thresholds from absent images, under each evidence (they are normalised per evidence).
+    params, best = _search_negative_thresholds(examples, labels, base, params, best, background_labels, min_examples)
     per_label = _label_thresholds(examples, labels, base.with_params(params), background_labels, min_examples)
     if per_label:
-        trial = {**params, "label_presence_thresholds": per_label}
+        merged = {**dict(params.get("label_presence_thresholds") or {}), **per_label}
+        trial = {**params, "label_presence_thresholds": merged}
         got = quality(examples, labels, base.with_params(trial), background_labels)
         if got.miou >= best.miou - 1e-9:
             params = trial
+    if not scores:
+        return params
     return {**params, **_score_mapping(examples, labels, base.with_params(params), background_labels)}
+
+
+def _search_negative_thresholds(examples: Sequence[Example], labels: Sequence[str], base: ProjectOptions,
+                                params: dict[str, Any], best: Quality, background_labels: Sequence[str],
+                                min_examples: int) -> tuple[dict[str, Any], Quality]:
+    """Return the params and quality after trying `negative_thresholds` at each z of NEGATIVE_Z, under each
+    presence evidence (a label's absent images are normalised per evidence), kept only when they beat `best`.
+
+    Each trial is judged leave-one-out: an image is decided with thresholds from the other images' statistics,
+    since an image among its own negatives widens its label's spread and so hides its own false positive (in
+    sample, high z looked safe on 25 images and then dropped most true labels on new ones)."""
+    for evidence in GRID["presence"]:
+        evidence_params = {**params, "presence": evidence}
+        foreground, probability, present = _presence_matrix(examples, labels, base.with_params(evidence_params),
+                                                            background_labels)
+        for z in NEGATIVE_Z:
+            thresholds = negative_thresholds(probability, present, foreground, z, min_examples)
+            if not thresholds:
+                continue
+            parts = []
+            for index, example in enumerate(examples):
+                others = np.arange(len(examples)) != index
+                own = negative_thresholds(probability[others], present[others], foreground, z, min_examples)
+                parts.append(([example], {**evidence_params, "label_presence_thresholds": own}))
+            got = _pooled(parts, labels, base, background_labels)
+            if got.beats(best):
+                params, best = {**evidence_params, "label_presence_thresholds": thresholds}, got
+    return params, best
+
+
+def negative_thresholds(probability: np.ndarray, present: np.ndarray, labels: Sequence[str], z: float,
+                        min_negatives: int) -> dict[str, float]:
+    """Return per label the presence threshold sigmoid(mean + z * sd) of the logits of its presence probability
+    [N, L] over the images where it is absent (`present` [N, L] false), for labels with at least `min_negatives`.
+
+    The mean and variance are shrunk towards those pooled over all labels' absent images, with the weight of
+    `min_negatives` images, so a label seen absent in few images leans on the others (empirical Bayes)."""
+    logit = np.log(np.clip(probability, 1e-6, 1 - 1e-6) / (1 - np.clip(probability, 1e-6, 1 - 1e-6)))
+    absent = ~np.asarray(present, dtype=bool)
+    if not absent.any():
+        return {}
+    pooled_mean = float(logit[absent].mean())
+    pooled_var = float(logit[absent].var())
+    chosen: dict[str, float] = {}
+    for index, label in enumerate(labels):
+        values = logit[absent[:, index], index]
+        if len(values) < max(1, min_negatives):
+            continue
+        weight = len(values) / (len(values) + min_negatives)
+        mean = weight * values.mean() + (1 - weight) * pooled_mean
+        var = weight * values.var() + (1 - weight) * pooled_var
+        chosen[label] = float(np.clip(1.0 / (1.0 + np.exp(-(mean + z * np.sqrt(var)))), 0.0, 1.0))
+    return chosen
 
 
 def _score_mapping(examples: Sequence[Example], labels: Sequence[str], options: ProjectOptions,
                    background_labels: Sequence[str]) -> dict[str, float]:
+    """Return `platt` fitted on the regions these options give on `examples` (their scores unmapped)."""
+    tally = _tally(examples, labels, _unmapped(options), background_labels)
+    return platt(tally.scores, tally.hits)
+
+
+SCORE_KEYS = ("score_slope", "score_offset")
+
+
+def _unmapped(options: ProjectOptions) -> ProjectOptions:
+    return options.with_params({"score_slope": 1.0, "score_offset": 0.0})
+
+
+def platt(scores: Sequence[float], hits: Sequence[bool]) -> dict[str, float]:
     """Return score_slope and score_offset fitted by logistic regression (Platt scaling) of whether each
     region is right on its score's logit, or {} when the regions do not hold both outcomes often enough."""
-    tally = _tally(examples, labels, options.with_params({"score_slope": 1.0, "score_offset": 0.0}),
-                   background_labels)
-    hits = np.asarray(tally.hits, dtype=np.float64)
+    hits = np.asarray(hits, dtype=np.float64)
     if len(hits) < MIN_SCORED_REGIONS or hits.sum() < 2 or (1 - hits).sum() < 2:
         return {}
-    clipped = np.clip(np.asarray(tally.scores, dtype=np.float64), 1e-6, 1 - 1e-6)
+    clipped = np.clip(np.asarray(scores, dtype=np.float64), 1e-6, 1 - 1e-6)
     logit = np.log(clipped / (1 - clipped))
 
     def loss(log_slope_offset: np.ndarray) -> float:
@@ -226,23 +302,30 @@ def _label_thresholds(examples: Sequence[Example], labels: Sequence[str], option
     eligible = [label for label in labels if label not in background_labels and counts[label] >= min_examples]
     if not eligible:
         return {}
-    wanted = [i for i, label in enumerate(labels) if label not in background_labels]
-    foreground = [labels[i] for i in wanted]
     presence = presence_options(options)
-    rows = []  # per example: probability per foreground label
-    for example in examples:
-        sub = _subset(example.analysis, wanted)
-        rows.append(decide_presence(sub, foreground, presence)[1])
-    probability = np.array(rows)
+    foreground, probability, present_matrix = _presence_matrix(examples, labels, options, background_labels)
     chosen: dict[str, float] = {}
     for label in eligible:
         column = probability[:, foreground.index(label)]
-        present = np.array([label in e.truth and bool(e.truth[label].any()) for e in examples])
+        present = present_matrix[:, foreground.index(label)]
         f1 = np.array([_f1(column >= t, present) for t in LABEL_THRESHOLDS])
         # Of the thresholds with the best F1, the one nearest the global threshold: no move without evidence.
         best = LABEL_THRESHOLDS[f1 >= f1.max() - 1e-9]
         chosen[label] = float(best[np.argmin(np.abs(best - presence.threshold))])
     return {label: value for label, value in chosen.items() if value != presence.threshold}
+
+
+def _presence_matrix(examples: Sequence[Example], labels: Sequence[str], options: ProjectOptions,
+                     background_labels: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Return the foreground labels, their presence probability [N, L] under `options` and whether each is
+    annotated [N, L]."""
+    wanted = [i for i, label in enumerate(labels) if label not in background_labels]
+    foreground = [labels[i] for i in wanted]
+    presence = presence_options(options)
+    probability = np.array([decide_presence(_subset(e.analysis, wanted), foreground, presence)[1] for e in examples])
+    present = np.array([[label in e.truth and bool(e.truth[label].any()) for label in foreground] for e in examples],
+                       dtype=bool)
+    return foreground, probability.reshape(len(examples), len(foreground)), present.reshape(len(examples), -1)
 
 
 def _subset(analysis: ImageAnalysis, keep: list[int]) -> ImageAnalysis:
@@ -275,17 +358,24 @@ def fit(examples: Sequence[Example], labels: Sequence[str], base: ProjectOptions
         return Fit(params=dict(current), adopted=False, label_examples=counts, default_labels=few,
                    reason=f"{len(examples)} usable annotated image(s); calibration needs at least {min_examples}")
     held_current, held_fitted = [], []
+    start = {key: value for key, value in current.items() if key not in SCORE_KEYS}
     for held in folds(len(examples)):
         out = set(held.tolist())
         train = [e for i, e in enumerate(examples) if i not in out]
         test = [examples[i] for i in held]
-        fold_params = search(train, labels, base, current, background_labels=background_labels,
-                             min_examples=min_examples)
+        fold_params = search(train, labels, base, start, background_labels=background_labels,
+                             min_examples=min_examples, scores=False)
         held_current.append((test, dict(current)))
-        held_fitted.append((test, fold_params))
+        held_fitted.append((test, {**fold_params, "score_slope": 1.0, "score_offset": 0.0}))
     current_q = _pooled(held_current, labels, base, background_labels)
-    fitted_q = _pooled(held_fitted, labels, base, background_labels)
-    params = search(examples, labels, base, current, background_labels=background_labels, min_examples=min_examples)
+    # The score sigmoid is fitted on the folds' held-out regions, pooled: regions of images the thresholds were
+    # not fitted on, as a new task's will be (in-sample regions are right more often than new ones).
+    unmapped = _pooled_tally(held_fitted, labels, base, background_labels)
+    mapping = platt(unmapped.scores, unmapped.hits)
+    fitted_q = _pooled([(test, {**params, **mapping}) for test, params in held_fitted], labels, base,
+                       background_labels)
+    params = {**search(examples, labels, base, start, background_labels=background_labels,
+                       min_examples=min_examples, scores=False), **mapping}
     if fitted_q.beats(current_q):
         reason = (f"held-out mIoU {current_q.miou:.3f} -> {fitted_q.miou:.3f}, presence F1 "
                   f"{current_q.presence_f1:.3f} -> {fitted_q.presence_f1:.3f} ({len(examples)} images, "
@@ -299,8 +389,13 @@ def fit(examples: Sequence[Example], labels: Sequence[str], base: ProjectOptions
 def _pooled(parts: list[tuple[list[Example], dict[str, Any]]], labels: Sequence[str], base: ProjectOptions,
             background_labels: Sequence[str]) -> Quality:
     """Return one quality over all held-out folds, each predicted with its own params, pixels pooled."""
+    return _pooled_tally(parts, labels, base, background_labels).quality()
+
+
+def _pooled_tally(parts: list[tuple[list[Example], dict[str, Any]]], labels: Sequence[str], base: ProjectOptions,
+                  background_labels: Sequence[str]) -> _Tally:
     tallies = [_tally(test, labels, base.with_params(params), background_labels) for test, params in parts]
     total = tallies[0]
     for tally in tallies[1:]:
         total = total + tally
-    return total.quality()
+    return total
