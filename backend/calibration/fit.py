@@ -7,10 +7,13 @@ params on training examples: a coordinate search over the global knobs (presence
 background threshold, logit scale), then per-label presence thresholds from each label's absent images
 (`negative_thresholds`: every annotated image is a negative example of each label it lacks, so 25 images give a
 label about 24 examples even when it is present in one; its threshold is a common number `z` of standard
-deviations above the mean logit of its presence probability on those images, z chosen by the search), then
-presence thresholds by F1 for labels with at least `min_examples` annotated images of them, then a sigmoid on the scores' logits (Platt scaling: `score_slope`, `score_offset`) fitted
-to whether each region is right (IoU with its label at least 0.5), so scores say how often regions are right -> `fit` cross-validates that search (FOLDS interleaved folds: fit on the rest, judge on the fold) and
-adopts the params fitted on all examples only when the held-out mIoU rises and presence F1 does not fall.
+deviations above the mean logit of its presence probability on those images, z chosen by the search and
+judged leave-one-out), then presence thresholds by F1 for labels with at least `min_examples` annotated
+images of them -> `fit` cross-validates that search (FOLDS interleaved folds: fit on the rest, judge on the
+fold), fits a sigmoid on the scores' logits (`platt`: `score_slope`, `score_offset`) to whether each region
+is right (IoU with its label at least 0.5) on the folds' held-out regions pooled with the final params' own,
+so scores say how often regions are right, and adopts the params fitted on all examples only when the
+held-out mIoU rises and presence F1 does not fall.
 
 The parameters are extra_params keys of the product's own options, so a calibration changes nothing but
 option values: they enter the model version like any extra param, and a rollback is a change back.
@@ -87,7 +90,9 @@ class Fit:
     current: Quality | None = None  # held-out, with the params in force before
     fitted: Quality | None = None  # held-out, with the params each fold fitted
     label_examples: dict[str, int] = field(default_factory=dict)  # annotated images per label
-    default_labels: list[str] = field(default_factory=list)  # too few examples: kept the global threshold
+    # Labels the fitted params give no threshold of their own (too few images with or without them):
+    # they keep the global threshold.
+    default_labels: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"params": self.params, "adopted": self.adopted, "reason": self.reason,
@@ -353,9 +358,9 @@ def fit(examples: Sequence[Example], labels: Sequence[str], base: ProjectOptions
     """
     counts = label_examples(examples, labels)
     foreground = [label for label in labels if label not in background_labels]
-    few = [label for label in foreground if counts[label] < min_examples]
     if len(examples) < min_examples:
-        return Fit(params=dict(current), adopted=False, label_examples=counts, default_labels=few,
+        return Fit(params=dict(current), adopted=False, label_examples=counts,
+                   default_labels=_global_labels(current, foreground),
                    reason=f"{len(examples)} usable annotated image(s); calibration needs at least {min_examples}")
     held_current, held_fitted = [], []
     start = {key: value for key, value in current.items() if key not in SCORE_KEYS}
@@ -368,22 +373,31 @@ def fit(examples: Sequence[Example], labels: Sequence[str], base: ProjectOptions
         held_current.append((test, dict(current)))
         held_fitted.append((test, {**fold_params, "score_slope": 1.0, "score_offset": 0.0}))
     current_q = _pooled(held_current, labels, base, background_labels)
-    # The score sigmoid is fitted on the folds' held-out regions, pooled: regions of images the thresholds were
-    # not fitted on, as a new task's will be (in-sample regions are right more often than new ones).
-    unmapped = _pooled_tally(held_fitted, labels, base, background_labels)
-    mapping = platt(unmapped.scores, unmapped.hits)
-    fitted_q = _pooled([(test, {**params, **mapping}) for test, params in held_fitted], labels, base,
+    # The score sigmoid is fitted on two sets of regions, pooled: the folds' held-out regions (images the params
+    # were not fitted on, judged with params fitted on fewer images: right less often than a new task's
+    # regions will be) and the regions of the params fitted on all images, on those images (right more often
+    # than a new task's). The one errs low, the other high; together they balance (Efron's .632 idea).
+    params = search(examples, labels, base, start, background_labels=background_labels, min_examples=min_examples,
+                    scores=False)
+    held_out = _pooled_tally(held_fitted, labels, base, background_labels)
+    in_sample = _tally(examples, labels, _unmapped(base.with_params(params)), background_labels)
+    mapping = platt(held_out.scores + in_sample.scores, held_out.hits + in_sample.hits)
+    fitted_q = _pooled([(test, {**fold_params, **mapping}) for test, fold_params in held_fitted], labels, base,
                        background_labels)
-    params = {**search(examples, labels, base, start, background_labels=background_labels,
-                       min_examples=min_examples, scores=False), **mapping}
+    params = {**params, **mapping}
     if fitted_q.beats(current_q):
         reason = (f"held-out mIoU {current_q.miou:.3f} -> {fitted_q.miou:.3f}, presence F1 "
                   f"{current_q.presence_f1:.3f} -> {fitted_q.presence_f1:.3f} ({len(examples)} images, "
                   f"{len(folds(len(examples)))}-fold)")
-        return Fit(params, True, reason, current_q, fitted_q, counts, few)
+        return Fit(params, True, reason, current_q, fitted_q, counts, _global_labels(params, foreground))
     reason = (f"not adopted: held-out mIoU {current_q.miou:.3f} -> {fitted_q.miou:.3f}, presence F1 "
               f"{current_q.presence_f1:.3f} -> {fitted_q.presence_f1:.3f}; the parameters in force stay")
-    return Fit(params, False, reason, current_q, fitted_q, counts, few)
+    return Fit(params, False, reason, current_q, fitted_q, counts, _global_labels(params, foreground))
+
+
+def _global_labels(params: Mapping[str, Any], foreground: Sequence[str]) -> list[str]:
+    own = dict(params.get("label_presence_thresholds") or {})
+    return [label for label in foreground if label not in own]
 
 
 def _pooled(parts: list[tuple[list[Example], dict[str, Any]]], labels: Sequence[str], base: ProjectOptions,
