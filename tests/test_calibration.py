@@ -204,6 +204,10 @@ def test_platt_by_hand():
     assert got["score_offset"] == pytest.approx(_logit(0.25), abs=1e-3)
     assert got["score_slope"] == pytest.approx(1.0, abs=1e-3)
     assert platt([0.5] * 19, [True] * 10 + [False] * 9) == {}  # fewer than 20 regions: scores stay
+    # Scores that separate right from wrong perfectly would want a steep slope; the fit keeps slope 1 and
+    # moves only the offset: equal counts on both sides of 0.5 at logits +-1 need none.
+    sharp = platt([0.73] * 20 + [0.27] * 20, [True] * 20 + [False] * 20)
+    assert sharp["score_slope"] == 1.0 and sharp["score_offset"] == pytest.approx(0.0, abs=1e-3)
 
 
 def test_a_background_label_of_the_config_is_never_fitted_or_scored():
