@@ -16,6 +16,8 @@ from backend.calibration.fit import (
     fit,
     folds,
     label_examples,
+    negative_thresholds,
+    platt,
     quality,
 )
 from backend.jobqueue import calibrations
@@ -135,8 +137,77 @@ def test_only_labels_with_enough_examples_get_their_own_presence_threshold():
     assert result.default_labels == []
     thresholds = dict(result.params.get("label_presence_thresholds") or {})
     assert thresholds.get("a", result.params.get("presence_threshold", 0.5)) > 0.85
-    strict = fit(examples, LABELS, BASE, {}, min_examples=9)
+    # Asking for more examples than any label has, with or without it (8 images with, 24 without), leaves every
+    # label on the global threshold.
+    strict = fit(examples, LABELS, BASE, {}, min_examples=25)
     assert strict.default_labels == LABELS and "label_presence_thresholds" not in strict.params
+
+
+def _logit(p: float) -> float:
+    return float(np.log(p / (1 - p)))
+
+
+def _sigmoid(x: float) -> float:
+    return float(1 / (1 + np.exp(-x)))
+
+
+def test_negative_thresholds_by_hand():
+    # Presence probabilities of 3 images x 3 labels, as logits; "b" is present in image 0, "c" in images 0 and 1.
+    logits = np.array([[-2.0, 3.0, 2.0],
+                       [0.0, -1.0, 2.0],
+                       [-1.0, -1.0, -1.0]])
+    present = np.array([[False, True, True],
+                        [False, False, True],
+                        [False, False, False]])
+    probability = 1 / (1 + np.exp(-logits))
+    got = negative_thresholds(probability, present, ["a", "b", "c"], 2.0, 2)
+    # Absent logits: a -2, 0, -1 (mean -1, variance 2/3); b -1, -1 (mean -1, variance 0); c: one image, fewer
+    # than 2, so no threshold of its own. Pooled over every absent entry: -2, 0, -1, -1, -1, -1: mean -1,
+    # variance 1/3. Each label's figures are shrunk to the pooled ones with the weight of 2 images.
+    a_var = 3 / 5 * (2 / 3) + 2 / 5 * (1 / 3)
+    b_var = 2 / 4 * 0.0 + 2 / 4 * (1 / 3)
+    assert set(got) == {"a", "b"}
+    assert got["a"] == pytest.approx(_sigmoid(-1 + 2 * np.sqrt(a_var)))
+    assert got["b"] == pytest.approx(_sigmoid(-1 + 2 * np.sqrt(b_var)))
+    # z = 0: the shrunk mean alone, the probability of the average absent image.
+    assert negative_thresholds(probability, present, ["a", "b", "c"], 0.0, 2)["a"] == pytest.approx(_sigmoid(-1))
+    assert negative_thresholds(probability, np.ones_like(present), ["a", "b", "c"], 1.0, 1) == {}
+
+
+def test_a_label_seen_in_few_images_gets_its_threshold_from_the_images_without_it():
+    # "a" fires at 0.85 (+-) wherever it is absent: above the global grid's highest threshold (0.8), so no
+    # global value can drop it, and it is present in only 2 images, too few (5) for a threshold by its F1.
+    # The 22 images without it show where its absent scores lie.
+    rng = np.random.default_rng(11)
+
+    def draw(count: int, a_count: int) -> list[Example]:
+        present = ["a"] * a_count + [LABELS[1 + i % 3] for i in range(count - a_count)]
+        return [scene(rng, label, {"a": float(rng.uniform(0.82, 0.88)), "b": 0.05, "c": 0.05, "d": 0.05})
+                for label in present]
+
+    examples = draw(24, 2)
+    assert label_examples(examples, LABELS)["a"] == 2
+    result = fit(examples, LABELS, BASE, {}, min_examples=5)
+    assert result.adopted, result.reason
+    threshold = dict(result.params["label_presence_thresholds"])["a"]
+    assert 0.88 < threshold < 0.99  # above where it fires when absent, below its score when present
+    fresh = draw(40, 10)
+    before, after = quality(fresh, LABELS, BASE), quality(fresh, LABELS, BASE.with_params(result.params))
+    assert after.presence_f1 == 1.0 and before.presence_f1 < 0.8
+    assert after.miou > before.miou
+
+
+def test_platt_by_hand():
+    # Every score 0.5 (logit 0): the slope has nothing to act on, so the fit is the offset of the hit rate,
+    # logit(1 / 4); the pull towards slope 1 keeps it at 1.
+    got = platt([0.5] * 40, [True] * 10 + [False] * 30)
+    assert got["score_offset"] == pytest.approx(_logit(0.25), abs=1e-3)
+    assert got["score_slope"] == pytest.approx(1.0, abs=1e-3)
+    assert platt([0.5] * 19, [True] * 10 + [False] * 9) == {}  # fewer than 20 regions: scores stay
+    # Scores that separate right from wrong perfectly would want a steep slope; the fit keeps slope 1 and
+    # moves only the offset: equal counts on both sides of 0.5 at logits +-1 need none.
+    sharp = platt([0.73] * 20 + [0.27] * 20, [True] * 20 + [False] * 20)
+    assert sharp["score_slope"] == 1.0 and sharp["score_offset"] == pytest.approx(0.0, abs=1e-3)
 
 
 def test_a_background_label_of_the_config_is_never_fitted_or_scored():

@@ -145,7 +145,7 @@ def _show(status: dict, *, as_json: bool) -> int:
         for problem in found:
             print(f"  {name}: {problem}")
     if report.get("default_labels"):
-        print(f"labels with too few examples (global threshold kept): {', '.join(report['default_labels'])}")
+        print(f"labels without a presence threshold of their own (too few examples: global threshold kept): {', '.join(report['default_labels'])}")
     print(report.get("reason", ""))
     if report.get("adopted"):
         print(f"adopted as version {report.get('version')}: {json.dumps(report.get('params'))}")
