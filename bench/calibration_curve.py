@@ -73,6 +73,7 @@ def main() -> None:
     ks = [int(k) for k in args.ks.split(",")]
     base = ProjectOptions()
     background = tuple(base.background_prompts)
+    pamr = base.resolved("pamr_iterations")  # the maps the product's default computes (PAMR in semantic mode)
     figures: dict[str, object] = {"held_out": args.held_out, "ks": ks, "repeats": args.repeats}
     lines = ["| vocabulary | row | K | mIoU (x default) | worst repeat mIoU | presence F1 | score ECE | adopted |",
              "|" + " --- |" * 8]
@@ -80,8 +81,8 @@ def main() -> None:
     for vocabulary in args.vocabularies.split(","):
         labels = VOCABULARIES[vocabulary][0]
         # The maps as the product's defaults make them (PAMR refinement included when it is on by default).
-        held_out = examples(vocabulary, HELD_OUT_SEED, args.held_out, background, base.pamr_iterations)
-        pool = examples(vocabulary, TRAINING_SEED, max(ks) * args.repeats, background, base.pamr_iterations)
+        held_out = examples(vocabulary, HELD_OUT_SEED, args.held_out, background, pamr)
+        pool = examples(vocabulary, TRAINING_SEED, max(ks) * args.repeats, background, pamr)
         default = quality(held_out, labels, base)
         nothing = quality(held_out, labels, base.with_params({"presence_threshold": 1.0, "presence": "image"}))
         told = oracle_quality(held_out, labels, base)

@@ -121,9 +121,10 @@ def main() -> None:
     labels = VOCABULARIES[VOCABULARY][0]
     base = ProjectOptions()
     background = tuple(base.background_prompts)
-    held_out = examples(VOCABULARY, HELD_OUT_SEED, args.held_out, background)
+    pamr = base.resolved("pamr_iterations")  # as the worker's default computes its maps
+    held_out = examples(VOCABULARY, HELD_OUT_SEED, args.held_out, background, pamr)
     items = list(scenes.scenes(TRAINING_SEED, max(ks) * args.repeats))
-    pool = examples(VOCABULARY, TRAINING_SEED, max(ks) * args.repeats, background)
+    pool = examples(VOCABULARY, TRAINING_SEED, max(ks) * args.repeats, background, pamr)
     default = quality(held_out, labels, base)
     nothing = quality(held_out, labels, base.with_params({"presence_threshold": 1.0, "presence": "image"}))
     figures: dict[str, object] = {"vocabulary": VOCABULARY, "labels": len(labels), "held_out": args.held_out,
