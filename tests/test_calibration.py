@@ -344,3 +344,29 @@ def test_calibrate_cli_manages_versions_and_names_what_is_wrong(redis_url, conn,
     calibrations.claim(conn, prefix, "4", "someone-elses-job")
     assert cli.main(["--project", "4", "--no-wait"]) == 2
     assert "already running (job someone-elses-job)" in capsys.readouterr().err
+
+
+def test_a_calibration_keeps_maps_at_the_fit_size_and_its_cache_within_its_byte_budget(monkeypatch):
+    from backend.calibration import job
+    from gem_engine.engine import ImageAnalysis
+
+    def analysis(side: int, labels: int = 3) -> ImageAnalysis:
+        return ImageAnalysis(maps=np.random.rand(labels, side, side).astype(np.float32),
+                             background_maps=np.random.rand(2, side, side).astype(np.float32),
+                             label_scores=np.zeros(labels, np.float32), background_scores=np.zeros(2, np.float32),
+                             logit_scale=100.0)
+
+    assert job.fit_shape(640, 480) == (job.FIT_SIDE * 3 // 4, job.FIT_SIDE) and job.fit_shape(100, 50) == (50, 100)
+    refined = analysis(448)  # PAMR's maps come at the model's input size
+    small = job.at_fit_size(refined, (240, 320))
+    assert small.maps.shape == (3, 240, 320) and small.background_maps.shape == (2, 240, 320)
+    assert abs(float(small.maps.mean()) - float(refined.maps.mean())) < 0.01  # resized, not replaced
+    grid = analysis(28)  # a patch grid is coarser than the masks: kept as it is
+    assert job.at_fit_size(grid, (240, 320)) is grid
+
+    monkeypatch.setattr(job, "_ANALYSES", type(job._ANALYSES)())
+    monkeypatch.setattr(job, "CACHED_BYTES", 3 * small.maps.nbytes + 3 * small.background_maps.nbytes)
+    for index in range(5):
+        job._ANALYSES[index] = (small, (320, 240))
+        job._evict()
+    assert list(job._ANALYSES) == [2, 3, 4], "the oldest go first, the newest three fit the budget"

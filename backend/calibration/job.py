@@ -6,11 +6,15 @@ brush / polygon / rectangle results decoded to masks, the image fetched like any
 this worker's engine -> `fit.fit` against the calibration in force -> when adopted, a new version
 (`jobqueue.calibrations.add_version`) -> status "done" with the report; the lock is freed in every case.
 
-A worker keeps the analyses of the last CACHED_ANALYSES images it calibrated with (by engine, image URL and
-prompts), so a project calibrated again after more annotations pays only for its new images.
+A worker keeps the analyses of the last images it calibrated with (by engine, image URL and prompts; at most
+CACHED_ANALYSES of them and CACHED_BYTES of maps), so a project calibrated again after more annotations pays
+only for its new images.
 
 Masks and maps are fitted at a reduced size (longest side FIT_SIDE): the knobs fitted are thresholds on
 probabilities, which do not depend on the pixel count, and the fit reruns the regions dozens of times.
+Maps finer than that (PAMR's, at the model's input size) are resized to it when analysed: the regions
+would resize them to the masks' size anyway, and 46 maps of 448 x 448 are 37 MB an image, which a few
+hundred annotated tasks held at once would not fit in a worker's memory.
 A task that cannot be used (no submitted annotation, an image that no longer downloads, results that do
 not decode) is listed in the report with the reason and skipped; nothing stops the fit but a project with
 too few usable tasks, which the report says too.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any
 
 from rq import get_current_job
@@ -34,10 +39,13 @@ from backend.jobqueue.worker import state
 from backend.labelstudio import images
 from backend.labelstudio.label_config import Vocabulary, parse_label_config
 from backend.options import ProjectOptions
+from gem_engine.engine import ImageAnalysis
+from gem_engine.maps import upsample
 
 log = logging.getLogger("gem_labeler.calibration")
 FIT_SIDE = 320
 CACHED_ANALYSES = 512
+CACHED_BYTES = 2 * 1024**3
 _ANALYSES: OrderedDict[tuple[Any, ...], tuple[Any, tuple[int, int]]] = OrderedDict()  # key -> (analysis, size)
 
 
@@ -127,14 +135,38 @@ def _example(task: dict[str, Any], annotation: dict[str, Any], vocabulary: Vocab
                                        ls_client=client)
         analysis = engine.analyze([image], [list(p) for p in vocabulary.prompts], base.background_prompts)[0]
         width, height = image.size
+        analysis = at_fit_size(analysis, fit_shape(width, height))
         _ANALYSES[key] = (analysis, (width, height))
-        while len(_ANALYSES) > CACHED_ANALYSES:
-            _ANALYSES.popitem(last=False)
-    scale = min(1.0, FIT_SIDE / max(width, height))
-    shape = (max(1, round(height * scale)), max(1, round(width * scale)))
+        _evict()
+    shape = fit_shape(width, height)
     decoded = results_to_masks(results, shape, vocabulary.labels, ignored=vocabulary.background)
     truth = {label: mask for label, mask in decoded.masks.items() if mask.any()}
     return Example(f"task {task.get('id')}", analysis, truth, shape), decoded.problems, reused
+
+
+def fit_shape(width: int, height: int) -> tuple[int, int]:
+    """Return the (height, width) an image's masks and maps are fitted at: longest side at most FIT_SIDE."""
+    scale = min(1.0, FIT_SIDE / max(width, height))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def at_fit_size(analysis: ImageAnalysis, shape: tuple[int, int]) -> ImageAnalysis:
+    """Return the analysis with its maps resized to `shape` (height, width) when they hold more pixels."""
+    rows, cols = analysis.maps.shape[-2:]
+    if rows * cols <= shape[0] * shape[1]:
+        return analysis
+    size = (shape[1], shape[0])
+    return replace(analysis, maps=upsample(analysis.maps, size),
+                   background_maps=upsample(analysis.background_maps, size))
+
+
+def _evict() -> None:
+    """Drop the oldest cached analyses past CACHED_ANALYSES images or CACHED_BYTES of maps."""
+    def held() -> int:
+        return sum(a.maps.nbytes + a.background_maps.nbytes for a, _ in _ANALYSES.values())
+
+    while len(_ANALYSES) > CACHED_ANALYSES or (len(_ANALYSES) > 1 and held() > CACHED_BYTES):
+        _ANALYSES.popitem(last=False)
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
