@@ -292,10 +292,11 @@ def _score_mapping(examples: Sequence[Example], labels: Sequence[str], options: 
 
 
 SCORE_KEYS = ("score_slope", "score_offset")
+UNMAPPED = {"score_slope": 1.0, "score_offset": 0.0}  # the score sigmoid that leaves scores as they are
 
 
 def _unmapped(options: ProjectOptions) -> ProjectOptions:
-    return options.with_params({"score_slope": 1.0, "score_offset": 0.0})
+    return options.with_params(UNMAPPED)
 
 
 def platt(scores: Sequence[float], hits: Sequence[bool]) -> dict[str, float]:
@@ -401,7 +402,7 @@ def fit(examples: Sequence[Example], labels: Sequence[str], base: ProjectOptions
         for negatives, parts in held_fitted.items():
             fold_params = _per_label_search(train, labels, base, fold_global, fold_best, background_labels,
                                             min_examples, negatives)
-            parts.append((test, {**fold_params, "score_slope": 1.0, "score_offset": 0.0}))
+            parts.append((test, {**fold_params, **UNMAPPED}))
     current_q = _pooled(held_current, labels, base, background_labels)
     judged = {negatives: _pooled_tally(parts, labels, base, background_labels)
               for negatives, parts in held_fitted.items()}
