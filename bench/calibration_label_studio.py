@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from backend.calibration.fit import fit, quality  # noqa: E402
+from backend.calibration.fit import Example, fit, quality  # noqa: E402
 from backend.options import ProjectOptions  # noqa: E402
 from bench import localization  # noqa: E402
 from bench.calibration_curve import TRAINING_SEED, examples  # noqa: E402
@@ -56,28 +56,23 @@ def label_config(labels: list[str]) -> str:
             + "".join(f'<Label value="{label}"/>' for label in labels) + "</BrushLabels></View>")
 
 
-def annotated_tasks(items: list[scenes.Scene], folder: Path, url_folder: str) -> list[dict]:
+def annotated_tasks(items: list[scenes.Scene], truths: list[Example], folder: Path, url_folder: str) -> list[dict]:
     """Save the scenes' images and return Label Studio tasks annotated with their truth, one brush per label."""
-    name_of = VOCABULARIES[VOCABULARY][1]
     tasks = []
-    for index, scene in enumerate(items):
+    for index, (scene, example) in enumerate(zip(items, truths, strict=True)):
         scene.image.save(folder / f"scene-{index}.png")
-        masks: dict[str, np.ndarray] = {}
-        for obj in scene.objects:
-            label = name_of(obj)
-            masks[label] = masks.get(label, np.zeros_like(obj.mask)) | obj.mask
         tasks.append({"data": {"image": f"/data/local-files/?d={url_folder}/scene-{index}.png"},
-                      "annotations": [{"result": [brush_result(label, m) for label, m in masks.items()]}]})
+                      "annotations": [{"result": [brush_result(label, m) for label, m in example.truth.items()]}]})
     return tasks
 
 
 def calibrate_in_label_studio(rest: LabelStudioREST, label_studio: harness.LabelStudio, backend: harness.Backend,
-                              items: list[scenes.Scene], labels: list[str], title: str) -> dict:
+                              items: list[scenes.Scene], truths: list[Example], labels: list[str], title: str) -> dict:
     """Return the finished fit's status and the params in force after "Start Training" on a new project."""
     folder = f"calibration-{uuid.uuid4().hex[:8]}"
     (label_studio.files_root / folder).mkdir()
     project = rest.create_project(title, label_config(labels))
-    rest.import_tasks(project["id"], annotated_tasks(items, label_studio.files_root / folder, folder))
+    rest.import_tasks(project["id"], annotated_tasks(items, truths, label_studio.files_root / folder, folder))
     record = rest.connect_ml_backend(project["id"], backend.url, basic_auth=backend.basic_auth)
     rest.call("POST", f"/api/ml/{record['id']}/train", json={}, expect=(200, 201))
 
@@ -140,11 +135,12 @@ def main() -> None:
                 for k in ks:
                     for r in range(args.repeats):
                         started = time.perf_counter()
-                        got = calibrate_in_label_studio(rest, label_studio, backend, items[r * k:(r + 1) * k],
+                        draw = slice(r * k, (r + 1) * k)
+                        got = calibrate_in_label_studio(rest, label_studio, backend, items[draw], pool[draw],
                                                         labels, f"K={k} draw {r}")
                         seconds = time.perf_counter() - started
                         via_ls = quality(held_out, labels, base.with_params(got["params"]))
-                        local = fit(pool[r * k:(r + 1) * k], labels, base, {})
+                        local = fit(pool[draw], labels, base, {})
                         in_process = quality(held_out, labels, base.with_params(local.params if local.adopted else {}))
                         adopted = bool(got["params"])
                         # The worker decoded Label Studio's brushes and fetched the images itself: the same
