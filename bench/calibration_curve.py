@@ -12,7 +12,10 @@ repeats, with the worst repeat), tuned on held-out (the same search run on the h
 themselves: the most these knobs can give), oracle presence (told which labels are present; the default's
 masks).
 Figures: mIoU with background over all pixels (the fit's own objective), image-level presence F1,
-region score ECE (10 bins; a region counts as right when its IoU with its label is at least 0.5).
+region score ECE (10 bins; a region counts as right when its IoU with its label is at least 0.5), and on
+the 36 names how often the right shape scores highest among its colour's names (what per-label thresholds
+could learn about shapes; chance is 1 in 6). The maps are the product's default ones (PAMR in semantic
+mode), kept at the scene's size as the calibration job keeps them at its fit size.
 
     .venv/bin/python bench/calibration_curve.py [--held-out 200] [--ks 10,25,50] [--repeats 3]
 
@@ -35,18 +38,38 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from backend.calibration.fit import Example, Quality, fit, quality, search  # noqa: E402
+from backend.calibration.fit import Example, Quality, fit, presence_matrix, quality, search  # noqa: E402
+from backend.calibration.job import at_fit_size  # noqa: E402
 from backend.options import ProjectOptions  # noqa: E402
 from bench.localization import HELD_OUT_SEED  # noqa: E402
 from bench.prelabel_quality import VOCABULARIES, analyze  # noqa: E402
+from tests import scenes  # noqa: E402
 
 TRAINING_SEED = 777  # annotated scenes are drawn from this seed; figures come from HELD_OUT_SEED's scenes
 
 
 def examples(vocabulary: str, seed: int, count: int, background: tuple[str, ...],
              pamr_iterations: int = 0) -> list[Example]:
+    """Return `count` scenes of `seed` as examples, their maps at the scene's size as the calibration job keeps
+    them (PAMR's come at the model's input size: 12 times the pixels of a 128 px scene, for the same regions)."""
     cases, _ = analyze("gem", vocabulary, seed, count, background, pamr_iterations)
-    return [Example(f"scene {i}", c.analysis, c.truth, (c.size[1], c.size[0])) for i, c in enumerate(cases)]
+    return [Example(f"scene {i}", at_fit_size(c.analysis, (c.size[1], c.size[0])), c.truth, (c.size[1], c.size[0]))
+            for i, c in enumerate(cases)]
+
+
+def shape_hits(held_out: list[Example], labels: list[str], options: ProjectOptions) -> float | None:
+    """Return how often, for an object whose colour names several labels, the right one has the highest
+    presence probability of them (None when the vocabulary names colours only): how much a threshold per
+    label could learn about shapes."""
+    _, probability, present = presence_matrix(held_out, labels, options, ())
+    colours = np.array([label.split()[0] for label in labels])
+    hits = []
+    for row, truth in zip(probability, present, strict=True):
+        for colour in set(colours[truth]):
+            same = colours == colour
+            if same.sum() > 1:
+                hits.append(bool(truth[same][np.argmax(row[same])]))
+    return float(np.mean(hits)) if hits else None
 
 
 def oracle_quality(held_out: list[Example], labels: list[str], options: ProjectOptions) -> Quality:
@@ -94,6 +117,11 @@ def main() -> None:
             lines.append(f"| {vocabulary} | {name} | - | {q.miou:.3f} ({q.miou / default.miou:.2f}x) | - | "
                          f"{q.presence_f1:.3f} | {_cell(q.score_ece)} | - |")
         figures[vocabulary] = {name: q.to_dict() for name, q in rows.items()}
+        hits = shape_hits(held_out, labels, base)
+        if hits is not None:
+            figures[vocabulary]["right_shape_first"] = hits
+            print(f"{vocabulary}: the right shape scores highest of its colour's names in {hits:.1%} of objects "
+                  f"(chance {1 / len(scenes.SHAPES):.1%})", flush=True)
         curve = []
         for k in ks:
             runs = []

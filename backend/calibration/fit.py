@@ -242,7 +242,7 @@ def _search_negative_thresholds(examples: Sequence[Example], labels: Sequence[st
     sample, high z looked safe on 25 images and then dropped most true labels on new ones)."""
     for evidence in GRID["presence"]:
         evidence_params = {**params, "presence": evidence}
-        foreground, probability, present = _presence_matrix(examples, labels, base.with_params(evidence_params),
+        foreground, probability, present = presence_matrix(examples, labels, base.with_params(evidence_params),
                                                             background_labels)
         for z in NEGATIVE_Z:
             thresholds = negative_thresholds(probability, present, foreground, z, min_examples)
@@ -332,7 +332,7 @@ def _label_thresholds(examples: Sequence[Example], labels: Sequence[str], option
     if not eligible:
         return {}
     presence = presence_options(options)
-    foreground, probability, present_matrix = _presence_matrix(examples, labels, options, background_labels)
+    foreground, probability, present_matrix = presence_matrix(examples, labels, options, background_labels)
     chosen: dict[str, float] = {}
     for label in eligible:
         column = probability[:, foreground.index(label)]
@@ -344,7 +344,7 @@ def _label_thresholds(examples: Sequence[Example], labels: Sequence[str], option
     return {label: value for label, value in chosen.items() if value != presence.threshold}
 
 
-def _presence_matrix(examples: Sequence[Example], labels: Sequence[str], options: ProjectOptions,
+def presence_matrix(examples: Sequence[Example], labels: Sequence[str], options: ProjectOptions,
                      background_labels: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Return the foreground labels, their presence probability [N, L] under `options` and whether each is
     annotated [N, L]."""
