@@ -100,6 +100,12 @@ class Settings:
     fetch_read_timeout_s: float = _env("FETCH_READ_TIMEOUT_S", 30.0,
                                        "seconds an image host may stay silent while sending")
     fetch_total_timeout_s: float = _env("FETCH_TOTAL_TIMEOUT_S", 120.0, "seconds one image download may take in all")
+    # Calibration
+    calibration_max_bytes: int = _env("CALIBRATION_MAX_BYTES", 4 * 1024**3,
+                                      "bytes of maps and masks a calibration holds at once (the maps cost about "
+                                      "4 bytes x (labels + background prompts) x 320 x 240 a task); past it the "
+                                      "most recently annotated tasks are fitted and the report says how many older "
+                                      "ones were left out")
     # Process
     data_dir: str = _env("DATA_DIR", "data", "folder for the embedded Redis and other local state")
     log_level: str = _env("LOG_LEVEL", "INFO", "Python logging level")
@@ -135,7 +141,7 @@ class Settings:
             raise SettingsError(f"QUEUE_PREFIX must be 1 to 64 letters, digits, '-' or '_' (it starts Redis keys "
                                 f"and job ids), not {self.queue_prefix!r}")
         for name in ("result_ttl_s", "error_ttl_s", "job_timeout_s", "worker_batch_size", "port", "max_request_bytes",
-                     "push_max_age_s", "push_backoff_s", "job_max_attempts"):
+                     "push_max_age_s", "push_backoff_s", "job_max_attempts", "calibration_max_bytes"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{env_name(name)} must be positive, not {getattr(self, name)}")
         if self.predict_wait_s < 0:

@@ -370,3 +370,30 @@ def test_a_calibration_keeps_maps_at_the_fit_size_and_its_cache_within_its_byte_
         job._ANALYSES[index] = (small, (320, 240))
         job._evict()
     assert list(job._ANALYSES) == [2, 3, 4], "the oldest go first, the newest three fit the budget"
+
+
+def test_a_calibration_holds_the_newest_annotations_within_its_byte_budget_and_counts_the_rest():
+    from backend.calibration import job
+    from backend.labelstudio.images import ImageError
+
+    made = scenes(5, 6, {"a": 0.2, "b": 0.2, "c": 0.2, "d": 0.2})
+    # Annotated in this order of time: task 4 last; task 2's image no longer downloads.
+    stamps = ["2026-01-03", "2026-01-01", "2026-01-06", "2026-01-02", "2026-01-09", "2026-01-05"]
+    annotated = [({"id": i}, {"updated_at": stamp, "result": []}) for i, stamp in enumerate(stamps)]
+    asked = []
+
+    def example(task, annotation):
+        asked.append(task["id"])
+        if task["id"] == 2:
+            raise ImageError("task 2: image not found")
+        return made[task["id"]], (["an empty mask"] if task["id"] == 5 else []), False
+
+    each = job.example_bytes(made[0])
+    assert each == made[0].analysis.maps.nbytes + made[0].analysis.background_maps.nbytes + SIDE * SIDE
+    gathered = job.gather_examples(annotated, example, max_bytes=3 * each, progress=lambda done: None)
+    assert asked == [4, 2, 5, 0], "newest first, until three examples fill the budget"
+    assert [e.name for e in gathered.examples] == [made[i].name for i in (0, 4, 5)], "kept in the tasks' order"
+    assert gathered.left_out == 2 and gathered.skipped == {"task 2": "task 2: image not found"}
+    assert gathered.problems == {"task 5": ["an empty mask"]}
+    everything = job.gather_examples(annotated, example, max_bytes=10**9)
+    assert len(everything.examples) == 5 and everything.left_out == 0

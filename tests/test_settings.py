@@ -54,6 +54,7 @@ def test_values_are_parsed_by_type():
         ({"JOB_TIMEOUT_S": "0"}, "JOB_TIMEOUT_S must be positive"),
         ({"JOB_RETRIES": "-1"}, "JOB_RETRIES"),
         ({"JOB_MAX_ATTEMPTS": "0"}, "JOB_MAX_ATTEMPTS must be positive"),
+        ({"CALIBRATION_MAX_BYTES": "0"}, "CALIBRATION_MAX_BYTES must be positive"),
         # QUEUE_PREFIX starts Redis keys and job ids: no colon, no space, bounded.
         ({"QUEUE_PREFIX": "a:b"}, "QUEUE_PREFIX must be 1 to 64 letters"),
         ({"QUEUE_PREFIX": "my queue"}, "QUEUE_PREFIX must be 1 to 64 letters"),

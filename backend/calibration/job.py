@@ -25,7 +25,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rq import get_current_job
@@ -88,35 +89,92 @@ def _calibrate(conn: Any, prefix: str, project: str, payload: dict[str, Any]) ->
     current = calibrations.active_params(conn, prefix, project)
     annotated = [(t, a) for t in client.iter_tasks(project_id, int(payload.get("page_size") or 100), fields="all")
                  if (a := pick_annotation(t.get("annotations") or [])) is not None]
-    skipped: dict[str, str] = {}
-    problems: dict[str, list[str]] = {}
-    examples: list[Example] = []
     engine = st.engines.get(base)
-    reused = 0
-    for done, (task, annotation) in enumerate(annotated):
+
+    def example(task: dict[str, Any], annotation: dict[str, Any]) -> tuple[Example, list[str], bool]:
+        return _example(task, annotation, vocabulary, base, engine, st.settings, client)
+
+    def progress(done: int) -> None:
         calibrations.set_status(conn, prefix, project, step="computing maps", done=done, total=len(annotated))
-        name = f"task {task.get('id')}"
-        try:
-            example, found, was_cached = _example(task, annotation, vocabulary, base, engine, st.settings, client)
-        except (images.ImageError, ValueError) as exc:
-            skipped[name] = str(exc)
-            continue
-        examples.append(example)
-        reused += was_cached
-        if found:
-            problems[name] = found
+
+    gathered = gather_examples(annotated, example, st.settings.calibration_max_bytes, progress)
+    examples = gathered.examples
     calibrations.set_status(conn, prefix, project, step="fitting", done=len(annotated), total=len(annotated))
     min_examples = int(payload.get("min_examples") or DEFAULT_MIN_EXAMPLES)
     result = fit(examples, list(vocabulary.labels), base, current, background_labels=vocabulary.background,
                  min_examples=min_examples)
     report = {**result.to_dict(), "project": project, "annotated_tasks": len(annotated), "used": len(examples),
-              "skipped": skipped, "problems": problems, "previous_params": current, "analyses_reused": reused}
+              "skipped": gathered.skipped, "problems": gathered.problems, "left_out": gathered.left_out,
+              "previous_params": current, "analyses_reused": gathered.reused}
     if not annotated:
         report["reason"] = "the project has no task with a submitted annotation: annotate some tasks first"
+    elif gathered.left_out:
+        report["reason"] += (f" (fitted on the {len(annotated) - gathered.left_out} most recently annotated tasks: "
+                             f"their maps filled CALIBRATION_MAX_BYTES; {gathered.left_out} older ones left out)")
     if result.adopted:
         report["version"] = calibrations.add_version(conn, prefix, project, result.params, _summary(report))
     log.info("project %s: calibration %s", project, report["reason"])
     return report
+
+
+@dataclass
+class Gathered:
+    """The examples a fit gets, and what happened to the other annotated tasks."""
+
+    examples: list[Example] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # task -> why it could not be used
+    problems: dict[str, list[str]] = field(default_factory=dict)  # task -> what was wrong in its annotation
+    left_out: int = 0  # annotated tasks not read: the examples before them filled the byte budget
+    reused: int = 0  # analyses that came from the worker's cache
+
+
+def newest_first(annotated: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[int]:
+    """Return the positions of (task, annotation) pairs, the most recently created or updated annotation first."""
+    def when(index: int) -> str:
+        annotation = annotated[index][1]
+        return str(annotation.get("updated_at") or annotation.get("created_at") or "")
+
+    return sorted(range(len(annotated)), key=when, reverse=True)
+
+
+def gather_examples(annotated: list[tuple[dict[str, Any], dict[str, Any]]],
+                    example: Callable[[dict[str, Any], dict[str, Any]], tuple[Example, list[str], bool]],
+                    max_bytes: int, progress: Callable[[int], None] = lambda done: None) -> Gathered:
+    """Return the examples of the annotated tasks, newest annotation first until their maps and masks hold
+    `max_bytes`, in the tasks' own order (the fit's folds follow it).
+
+    A fit holds every example at once (it reruns the regions on each, dozens of times), so a project with
+    thousands of annotated tasks would run the worker out of memory; the budget keeps the newest instead.
+    `example(task, annotation)` returns (example, problems, reused); an image or annotation that cannot be
+    used raises ImageError or ValueError and is listed in `skipped`."""
+    gathered, held, kept = Gathered(), 0, []
+    order = newest_first(annotated)
+    for done, index in enumerate(order):
+        if held >= max_bytes:
+            gathered.left_out = len(order) - done
+            break
+        progress(done)
+        task, annotation = annotated[index]
+        name = f"task {task.get('id')}"
+        try:
+            found, problems, reused = example(task, annotation)
+        except (images.ImageError, ValueError) as exc:
+            gathered.skipped[name] = str(exc)
+            continue
+        kept.append((index, found))
+        gathered.reused += reused
+        held += example_bytes(found)
+        if problems:
+            gathered.problems[name] = problems
+    gathered.examples = [found for _, found in sorted(kept, key=lambda pair: pair[0])]
+    return gathered
+
+
+def example_bytes(example: Example) -> int:
+    """Return the bytes an example holds in maps and masks."""
+    analysis = example.analysis
+    return (analysis.maps.nbytes + analysis.background_maps.nbytes
+            + sum(mask.nbytes for mask in example.truth.values()))
 
 
 def _example(task: dict[str, Any], annotation: dict[str, Any], vocabulary: Vocabulary, base: ProjectOptions,
