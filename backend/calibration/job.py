@@ -3,7 +3,7 @@
 Pipeline: claim the project's fit lock -> Label Studio: the project's label config (vocabulary) and its
 tasks with annotations (paged) -> per task, the annotation that counts (`evaluation.annotations`), its
 brush / polygon / rectangle results decoded to masks, the image fetched like any task's and analysed by
-this worker's engine -> `fit.fit` against the calibration in force -> when adopted, a new version
+this worker's engine, newest annotation first until the examples hold CALIBRATION_MAX_BYTES -> `fit.fit` against the calibration in force -> when adopted, a new version
 (`jobqueue.calibrations.add_version`) -> status "done" with the report; the lock is freed in every case.
 
 A worker keeps the analyses of the last images it calibrated with (by engine, image URL and prompts; at most
