@@ -149,3 +149,64 @@ def test_evaluator_warns_when_model_versions_are_mixed():
     assert report["model_versions"] == {"v1": 1, "v2": 1}
     assert any("2 model versions" in m for m in report["messages"])
     assert report["skipped"] == {"t3": "no submitted annotation"}
+
+
+def _banded(shape=(14, 14)):
+    """A 10x10 truth square (rows/cols 2..11, 100 px) inside a 1-px ignore band (the 12x12 ring: 44 px)."""
+    square = box(shape, 2, 12, 2, 12)
+    band = box(shape, 1, 13, 1, 13) & ~square
+    return square, band
+
+
+def test_ignore_band_is_not_charged():
+    shape = (14, 14)  # 196 px
+    square, band = _banded(shape)
+    pred = {"a": square | band}  # covers the object up to and through the band: 144 px
+    acc = Accumulator(["a"], tolerance=0)  # tolerance 0: only exact boundary pixels match
+    acc.add(pred, {"a": square}, shape, ignore=band)
+    s = acc.summary()
+    a, overall = s["labels"]["a"], s["overall"]
+    # Without the ignore mask: IoU 100/144, 44 edits, area 144/100, the predicted ring 1 px off (BF 0).
+    assert a["iou"] == 1.0
+    assert a["edits_from_prelabel"] == 0 and a["pixels_saved"] == 100
+    assert a["area_ratio"] == 1.0
+    assert a["boundary_f"] == 1.0
+    assert overall["ignored_pixels"] == 44
+    # Confusion over the 196 - 44 = 152 counted pixels: 52 background, 100 a, all right.
+    assert s["confusion"]["rows_annotated_cols_predicted"] == [[52, 0], [0, 100]]
+    assert overall["miou_with_background"] == 1.0
+    # Baseline: background I = 52, U = 152; a: 0 -> mean 26/152.
+    assert overall["baseline_miou_all_background"] == pytest.approx(26 / 152)
+
+
+def test_ignored_pixels_do_not_make_a_label_present():
+    shape = (14, 14)
+    square, band = _banded(shape)
+    acc = Accumulator(["a", "b"])
+    # a: predicted only inside the band (no false positive); b: annotated only inside the band (no miss).
+    acc.add({"a": band & box(shape, 0, 14, 0, 7)}, {"b": band}, shape, ignore=band)
+    s = acc.summary()["labels"]
+    assert s["a"]["images_predicted"] == 0 and s["a"]["presence_precision"] is None
+    assert s["b"]["images_annotated"] == 0 and s["b"]["presence_recall"] is None
+    assert s["a"]["pixels_saved"] == 0 and s["b"]["annotated_pixels"] == 0
+    assert s["a"]["iou"] is None and s["b"]["boundary_f"] is None
+
+
+def test_ignore_mask_of_the_wrong_shape_is_refused():
+    acc = Accumulator(["a"])
+    with pytest.raises(ValueError, match="ignore mask"):
+        acc.add({}, {}, (3, 3), ignore=np.zeros((2, 2), bool))
+
+
+def test_evaluator_passes_the_sample_ignore_mask():
+    from backend.evaluation.evaluator import evaluate
+    from backend.evaluation.samples import Sample
+
+    shape = (14, 14)
+    square, band = _banded(shape)
+    samples = [Sample("banded", shape=shape, predicted={"a": square | band}, annotated={"a": square}, ignore=band),
+               Sample("plain", shape=(2, 2))]  # no ignore mask: nothing ignored
+    report = evaluate(samples, ["a"])
+    assert report["images"] == 2
+    assert report["labels"]["a"]["iou"] == 1.0
+    assert report["overall"]["ignored_pixels"] == 44

@@ -24,7 +24,7 @@ def evaluate(samples: Iterable[Sample], labels: Sequence[str], *, tolerance: flo
             skipped[sample.name] = sample.skipped or "no image size"
             continue
         try:
-            acc.add(sample.predicted, sample.annotated, sample.shape)
+            acc.add(sample.predicted, sample.annotated, sample.shape, sample.ignore)
         except ValueError as exc:  # a mask of the wrong size: that image only
             skipped[sample.name] = str(exc)
             continue

@@ -25,6 +25,11 @@ objects weigh more than small ones, the usual dataset-level convention):
   it misses and removes the predicted pixels outside the annotation (|pred XOR gt|); starting from
   nothing they add every annotated pixel (|gt|). saved = |gt| - |pred XOR gt|: negative when the
   pre-label costs more work than it saves.
+- ignored pixels: `Accumulator.add` takes an optional ignore mask ([h, w] bool, None = nothing ignored:
+  a "void" region of the human mask). Both the predicted and the annotated masks lose those pixels before
+  anything is counted, so no figure above sees them: a label is present only through pixels outside the
+  region, a prediction that spills into it costs no edit and no IoU, and the confusion matrix (hence the
+  mIoU and the baseline) has no row or column entry for them. ``overall.ignored_pixels`` sums the region.
 """
 
 from __future__ import annotations
@@ -106,6 +111,7 @@ class Accumulator:
     labels: Sequence[str]
     tolerance: float = DEFAULT_TOLERANCE
     images: int = 0
+    ignored: int = 0  # pixels of the ignore masks, summed over images
     counts: dict[str, LabelCounts] = field(default_factory=dict)
     confusion: np.ndarray | None = None  # [classes, classes], rows annotated, columns predicted
     baseline_confusion: np.ndarray | None = None
@@ -116,14 +122,28 @@ class Accumulator:
         self.confusion = np.zeros((n, n), dtype=np.int64)
         self.baseline_confusion = np.zeros((n, n), dtype=np.int64)
 
-    def add(self, pred: Mapping[str, np.ndarray], gt: Mapping[str, np.ndarray], shape: tuple[int, int]) -> None:
-        """Add one image: predicted and annotated masks per label, all of `shape` (missing = empty)."""
+    def add(self, pred: Mapping[str, np.ndarray], gt: Mapping[str, np.ndarray], shape: tuple[int, int],
+            ignore: np.ndarray | None = None) -> None:
+        """Add one image: predicted and annotated masks per label, all of `shape` (missing = empty).
+
+        `ignore` ([h, w] bool) marks pixels no figure counts: every mask loses them first.
+        """
         empty = np.zeros(shape, dtype=bool)
+        keep = np.ones(shape, dtype=bool)
+        if ignore is not None:
+            ignore = np.asarray(ignore, dtype=bool)
+            if ignore.shape != tuple(shape):
+                raise ValueError(f"ignore mask shape {ignore.shape} differs from {shape}")
+            keep = ~ignore
+        kept_pred: dict[str, np.ndarray] = {}
+        kept_gt: dict[str, np.ndarray] = {}
         for label in self.labels:
             p = np.asarray(pred.get(label, empty), dtype=bool)
             g = np.asarray(gt.get(label, empty), dtype=bool)
             if p.shape != tuple(shape) or g.shape != tuple(shape):
                 raise ValueError(f"label {label!r}: mask shapes {p.shape} and {g.shape} differ from {shape}")
+            p = kept_pred[label] = p & keep
+            g = kept_gt[label] = g & keep
             c = self.counts[label]
             has_p, has_g = bool(p.any()), bool(g.any())
             c.tp += has_p and has_g
@@ -142,8 +162,9 @@ class Accumulator:
             c.boundary_gt_matched += gm
             c.boundary_gt += gn
         n = len(self.labels) + 1
-        truth = class_map(gt, self.labels, shape).ravel()
-        guess = class_map(pred, self.labels, shape).ravel()
+        truth = class_map(kept_gt, self.labels, shape)[keep]
+        guess = class_map(kept_pred, self.labels, shape)[keep]
+        self.ignored += int(keep.size - keep.sum())
         self.confusion += np.bincount(truth * n + guess, minlength=n * n).reshape(n, n)
         self.baseline_confusion += np.bincount(truth * n, minlength=n * n).reshape(n, n)
         self.images += 1
@@ -182,6 +203,7 @@ class Accumulator:
                 "edits_from_prelabel": edits,
                 "edits_from_nothing": annotated,
                 "pixels_saved": annotated - edits,
+                "ignored_pixels": self.ignored,
             },
             "confusion": {"classes": [BACKGROUND, *self.labels], "rows_annotated_cols_predicted":
                           self.confusion.tolist()},

@@ -40,6 +40,8 @@ def render_table(report: dict, *, max_skipped: int = 10) -> str:
         f"annotator pixel edits: {overall['edits_from_prelabel']} from the pre-labels vs "
         f"{overall['edits_from_nothing']} from nothing ({overall['pixels_saved']} saved)",
     ]
+    if overall.get("ignored_pixels"):
+        lines.append(f"ignored pixels (the masks' void region, in no figure): {overall['ignored_pixels']}")
     lines += [f"note: {message}" for message in report.get("messages", [])]
     skipped = report.get("skipped", {})
     if skipped:

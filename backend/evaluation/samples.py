@@ -21,3 +21,4 @@ class Sample:
     problems: list[str] = field(default_factory=list)  # the sample still counts; these are warnings
     skipped: str | None = None  # the sample does not count, and this says why
     model_version: str | None = None  # of the prediction judged, when the source knows it
+    ignore: np.ndarray | None = None  # [h, w] bool: pixels no metric counts (a mask's "void"); None = none
