@@ -30,11 +30,13 @@ def cpu_only(monkeypatch):
 
 
 def _scene(folder, stem: str, size: tuple[int, int], seed: int) -> np.ndarray:
-    """Write images/<stem>.png and masks/<stem>.png; return the mask (0 bg, 1 cat, 2 remote control, 3 unicorn)."""
+    """Write images/<stem>.png and masks/<stem>.png; return the mask (0 bg, 1 cat, 2 remote control, 3 unicorn,
+    255 the ignored band around the cat, as Pascal VOC draws it)."""
     rng = np.random.default_rng(seed)
     w, h = size
     pixels = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
     mask = np.zeros((h, w), np.uint8)
+    mask[h // 4 - 1: h // 2 + 1, w // 4 - 1: w // 2 + 1] = 255
     mask[h // 4: h // 2, w // 4: w // 2] = 1
     pixels[mask == 1] = (250, 30, 30)
     mask[h - 10:, :10] = 2
@@ -73,14 +75,18 @@ def test_folder_mode_end_to_end(tmp_path, tiny_vit_checkpoint, capsys):
     assert "no mask" in report["skipped"]["c.png"]
     assert "no pre-label" in report["skipped"]["broken.png"]
     assert any("unicorn" in m for m in report["messages"])
-    assert any("[4] are not in the label map" in p for p in report["problems"]["a.png"])
+    assert report["problems"]["a.png"] == ["mask values [4] are not in the label map: counted as background"]
     # Figures that do not depend on the model, computed here from the masks directly:
     # annotated pixels of the two labels, and the all-background baseline (class IoU: background
-    # = background pixels / all pixels, every label 0), unicorn pixels counting as background.
+    # = background pixels / all pixels, every label 0), unicorn pixels counting as background and the
+    # 255 band in no figure.
     cat = sum(int((m == 1).sum()) for m in masks)
     remote = sum(int((m == 2).sum()) for m in masks)
-    total = sum(m.size for m in masks)
+    ignored = sum(int((m == 255).sum()) for m in masks)
+    total = sum(m.size for m in masks) - ignored
     overall = report["overall"]
+    assert ignored > 0 and overall["ignored_pixels"] == ignored
+    assert f"ignored pixels (the masks' void region, in no figure): {ignored}" in "\n".join(lines)
     assert overall["edits_from_nothing"] == cat + remote
     assert report["labels"]["cat"]["annotated_pixels"] == cat
     assert overall["baseline_miou_all_background"] == pytest.approx((total - cat - remote) / total / 3)

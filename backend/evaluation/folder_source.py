@@ -7,11 +7,13 @@ masks: each mask PNG (one channel, pixel value = label index) becomes one mask p
 map, or ``FOLDER/annotations.json`` (COCO instances, `backend.evaluation.coco`) gives them -> `Sample`.
 
 The label map is ``FOLDER/labels.txt`` (line i names pixel value i; "background" or the label config's
-background label for value 0) or ``FOLDER/labels.json`` (``{"0": "background", "1": "cat"}``); pixel
-values it does not name (for example 255, "ignore" in many datasets) count as background and are reported
-per image (an ignore region that no metric counts is not supported yet). With a COCO file, categories are
-matched to labels by name; an image the file does not list is skipped, one it lists without annotations
-has nothing in it.
+background label for value 0) or ``FOLDER/labels.json`` (``{"0": "background", "1": "cat"}``). Ignored
+pixels (`IGNORE_VALUE`, 255, when the map does not name it, and every value the map names "ignore" or
+"void", any case: the band Pascal VOC draws around each object) become the sample's ignore mask, which no
+metric counts (`metrics.Accumulator.add`). Other pixel values the map does not name count as background
+and are reported per image. With a COCO file, categories are matched to labels by name; an image the
+file does not list is skipped, one it lists without annotations has nothing in it; COCO truth has no
+ignore region.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ from backend.evaluation.samples import Sample
 from backend.labelstudio.label_config import BACKGROUND_NAMES, Vocabulary
 from backend.options import ProjectOptions
 from backend.settings import Settings
+
+IGNORE_VALUE = 255  # ignored unless the label map names it
+IGNORE_NAMES = frozenset({"ignore", "void"})  # a value the label map names so is ignored
+# One image's truth: (shape, masks per label, ignore mask or None, problems).
+Truth = tuple[tuple[int, int], dict[str, np.ndarray], np.ndarray | None, list[str]]
 
 
 class FolderLayoutError(ValueError):
@@ -51,14 +58,25 @@ def read_label_map(folder: Path) -> dict[int, str]:
     raise FolderLayoutError(f"{folder} has neither labels.json nor labels.txt (pixel value -> label name)")
 
 
+def ignore_values(label_map: dict[int, str]) -> set[int]:
+    """Return the pixel values no metric counts: 255 unless the map names it, and values named ignore/void."""
+    ignored = {value for value, name in label_map.items() if name.strip().lower() in IGNORE_NAMES}
+    if IGNORE_VALUE not in label_map:
+        ignored.add(IGNORE_VALUE)
+    return ignored
+
+
 def split_label_map(label_map: dict[int, str], vocabulary: Vocabulary, labels: tuple[str, ...]
                     ) -> tuple[dict[int, str], list[str]]:
-    """Return the pixel values that name evaluated labels, and problems (names outside the vocabulary)."""
+    """Return the pixel values that name evaluated labels, and problems (names outside the vocabulary).
+
+    Values named ignore or void are neither (`ignore_values`).
+    """
     background = {name.lower() for name in vocabulary.background} | BACKGROUND_NAMES
     kept: dict[int, str] = {}
     problems: list[str] = []
     for value, name in sorted(label_map.items()):
-        if name.lower() in background:
+        if name.strip().lower() in IGNORE_NAMES or name.lower() in background:
             continue
         if name not in labels:
             problems.append(f"mask value {value} names {name!r}, which is not in the label config's vocabulary;"
@@ -88,16 +106,17 @@ def folder_samples(folder: Path, out: Path, settings: Settings, options: Project
     if masks.is_dir():
         label_map = read_label_map(folder)
         values, problems = split_label_map(label_map, vocabulary, labels)
+        ignored = ignore_values(label_map)
 
-        def truth(relpath: str) -> tuple[tuple[int, int], dict[str, np.ndarray], list[str]] | str:
-            return _png_truth(masks / Path(relpath).with_suffix(".png"), values, set(label_map))
+        def truth(relpath: str) -> Truth | str:
+            return _png_truth(masks / Path(relpath).with_suffix(".png"), values, set(label_map), ignored)
     else:
         by_name, shapes, problems = read_coco(coco, labels, vocabulary.background)
 
-        def truth(relpath: str) -> tuple[tuple[int, int], dict[str, np.ndarray], list[str]] | str:
+        def truth(relpath: str) -> Truth | str:
             if relpath not in by_name:
                 return f"not listed in {ANNOTATIONS_FILE}"
-            return shapes[relpath], by_name[relpath], []
+            return shapes[relpath], by_name[relpath], None, []
     spec = PipelineLabelerSpec(settings=settings, options=options, vocabulary=vocabulary, folder=str(images))
     records = predict_folder(images, out, spec, batch_size=batch_size, progress=progress, limit=limit)
     relpaths = find_images(images)[:limit] if limit is not None else find_images(images)
@@ -105,9 +124,9 @@ def folder_samples(folder: Path, out: Path, settings: Settings, options: Project
                       for relpath in relpaths)
 
 
-def _png_truth(mask_path: Path, values: dict[int, str], named: set[int]
-               ) -> tuple[tuple[int, int], dict[str, np.ndarray], list[str]] | str:
-    """Return (shape, masks per label, problems) of one mask PNG, or why it cannot be used."""
+def _png_truth(mask_path: Path, values: dict[int, str], named: set[int], ignored: set[int]
+               ) -> Truth | str:
+    """Return (shape, masks per label, ignore mask or None, problems) of one mask PNG, or why it cannot be used."""
     if not mask_path.is_file():
         return f"no mask {mask_path.name} in masks/"
     try:
@@ -119,25 +138,28 @@ def _png_truth(mask_path: Path, values: dict[int, str], named: set[int]
         return f"cannot read mask {mask_path.name}: {exc}"
     shape = (int(indices.shape[0]), int(indices.shape[1]))
     problems = []
-    unnamed = sorted(int(v) for v in np.unique(indices) if int(v) not in named)
+    present = [int(v) for v in np.unique(indices)]
+    unnamed = [v for v in present if v not in named and v not in ignored]
     if unnamed:
         problems.append(f"mask values {unnamed} are not in the label map: counted as background")
     annotated: dict[str, np.ndarray] = {}
     for value, name in values.items():
         annotated[name] = annotated.get(name, np.zeros(shape, bool)) | (indices == value)
-    return shape, annotated, problems
+    void = [v for v in present if v in ignored]
+    ignore = np.isin(indices, void) if void else None
+    return shape, annotated, ignore, problems
 
 
-def _sample(relpath: str, truth: tuple[tuple[int, int], dict[str, np.ndarray], list[str]] | str,
-            record: dict | None, labels: tuple[str, ...], ignored: tuple[str, ...]) -> Sample:
+def _sample(relpath: str, truth: Truth | str, record: dict | None, labels: tuple[str, ...],
+            ignored: tuple[str, ...]) -> Sample:
     if isinstance(truth, str):
         return Sample(relpath, skipped=truth)
     if record is None or record.get("status") != "done":
         reason = (record or {}).get("reason", "not labeled")
         return Sample(relpath, skipped=f"no pre-label: {reason}")
-    shape, annotated, problems = truth
+    shape, annotated, ignore, problems = truth
     sample = Sample(relpath, shape=shape, model_version=str(record["prediction"].get("model_version") or ""),
-                    annotated=annotated, problems=list(problems))
+                    annotated=annotated, problems=list(problems), ignore=ignore)
     results = record["prediction"].get("result", [])
     drawn = result_size(results)
     if drawn is not None and drawn != shape:
