@@ -8,7 +8,8 @@ the params it returns (the defaults when not adopted, as the product would keep 
 scenes of another seed. Each K is repeated with `--repeats` disjoint draws of annotated scenes.
 
 Rows per vocabulary: all-background (predict nothing), default (uncalibrated), calibrated (mean over
-repeats, with the worst repeat), tuned on held-out (the same search run on the held-out scenes
+repeats, with the worst repeat), fitted params adopted or not (what each fit found, used even where the
+adoption rule refused it: what the rule guards against), tuned on held-out (the same search run on the held-out scenes
 themselves: the most these knobs can give), oracle presence (told which labels are present; the default's
 masks).
 Figures: mIoU with background over all pixels (the fit's own objective), image-level presence F1,
