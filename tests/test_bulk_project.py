@@ -400,5 +400,6 @@ def test_prelabel_says_which_model_settings_it_uses(project_env, capsys):
     err = capsys.readouterr().err
     line = next(line for line in err.splitlines() if line.startswith("model settings: "))
     assert "method=gem model=tiny-vit" in line and "pretrained=" in line and "threshold=0.4" in line
+    assert "pamr_iterations=auto(10)" in line  # "auto" and the number it runs as in semantic mode
     assert f"model version {project_env['version']}" not in line  # the flag changed the version
     assert "this shell's environment (METHOD, MODEL_NAME, MODEL_PRETRAINED" in line and "the flags" in line

@@ -167,13 +167,20 @@ class StopRequest:
 def describe_options(options: ProjectOptions, version: str, *, extra_params: dict | None = None,
                      flags: dict | None = None) -> str:
     """Return the line saying which model settings a run uses and where they come from."""
-    values = " ".join(f"{o.key}={spell(getattr(options, o.name)) or '(none)'}" for o in OPTIONS)
+    values = " ".join(f"{o.key}={_shown(options, o.name)}" for o in OPTIONS)
     sources = ["this shell's environment (" + ", ".join(o.env for o in OPTIONS) + ")"]
     if extra_params:
         sources.append(f"then the project's extra params set in Label Studio ({extra_params})")
     if flags:
         sources.append(f"then the flags ({flags})")
     return f"model settings: {values}; model version {version}; from {', '.join(sources)}"
+
+
+def _shown(options: ProjectOptions, name: str) -> str:
+    """Return an option's value as set, with the value predictions use after it when they differ ("auto(10)")."""
+    given, used = getattr(options, name), options.resolved(name)
+    text = spell(given) or "(none)"
+    return text if used == given else f"{text}({spell(used)})"
 
 
 class UsageError(ValueError):
