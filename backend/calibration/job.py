@@ -3,8 +3,9 @@
 Pipeline: claim the project's fit lock -> Label Studio: the project's label config (vocabulary) and its
 tasks with annotations (paged) -> per task, the annotation that counts (`evaluation.annotations`), its
 brush / polygon / rectangle results decoded to masks, the image fetched like any task's and analysed by
-this worker's engine, newest annotation first until the examples hold CALIBRATION_MAX_BYTES -> `fit.fit` against the calibration in force -> when adopted, a new version
-(`jobqueue.calibrations.add_version`) -> status "done" with the report; the lock is freed in every case.
+this worker's engine, newest annotation first until the examples hold CALIBRATION_MAX_BYTES -> `fit.fit`
+against the calibration in force -> when adopted, a new version (`jobqueue.calibrations.add_version`) ->
+status "done" with the report; the lock is freed in every case.
 
 A worker keeps the analyses of the last images it calibrated with (by engine, image URL and prompts; at most
 CACHED_ANALYSES of them and CACHED_BYTES of maps), so a project calibrated again after more annotations pays
@@ -172,9 +173,12 @@ def gather_examples(annotated: list[tuple[dict[str, Any], dict[str, Any]]],
 
 def example_bytes(example: Example) -> int:
     """Return the bytes an example holds in maps and masks."""
-    analysis = example.analysis
-    return (analysis.maps.nbytes + analysis.background_maps.nbytes
-            + sum(mask.nbytes for mask in example.truth.values()))
+    return analysis_bytes(example.analysis) + sum(mask.nbytes for mask in example.truth.values())
+
+
+def analysis_bytes(analysis: ImageAnalysis) -> int:
+    """Return the bytes an analysis holds in maps."""
+    return analysis.maps.nbytes + analysis.background_maps.nbytes
 
 
 def _example(task: dict[str, Any], annotation: dict[str, Any], vocabulary: Vocabulary, base: ProjectOptions,
@@ -220,11 +224,10 @@ def at_fit_size(analysis: ImageAnalysis, shape: tuple[int, int]) -> ImageAnalysi
 
 def _evict() -> None:
     """Drop the oldest cached analyses past CACHED_ANALYSES images or CACHED_BYTES of maps."""
-    def held() -> int:
-        return sum(a.maps.nbytes + a.background_maps.nbytes for a, _ in _ANALYSES.values())
-
-    while len(_ANALYSES) > CACHED_ANALYSES or (len(_ANALYSES) > 1 and held() > CACHED_BYTES):
-        _ANALYSES.popitem(last=False)
+    held = sum(analysis_bytes(a) for a, _ in _ANALYSES.values())
+    while len(_ANALYSES) > CACHED_ANALYSES or (len(_ANALYSES) > 1 and held > CACHED_BYTES):
+        oldest, _ = _ANALYSES.popitem(last=False)[1]
+        held -= analysis_bytes(oldest)
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
