@@ -266,7 +266,7 @@ def negative_thresholds(probability: np.ndarray, present: np.ndarray, labels: Se
 
     The mean and variance are shrunk towards those pooled over all labels' absent images, with the weight of
     `min_negatives` images, so a label seen absent in few images leans on the others (empirical Bayes)."""
-    logit = np.log(np.clip(probability, 1e-6, 1 - 1e-6) / (1 - np.clip(probability, 1e-6, 1 - 1e-6)))
+    logit = _logit(probability)
     absent = ~np.asarray(present, dtype=bool)
     if not absent.any():
         return {}
@@ -305,8 +305,7 @@ def platt(scores: Sequence[float], hits: Sequence[bool]) -> dict[str, float]:
     hits = np.asarray(hits, dtype=np.float64)
     if len(hits) < MIN_SCORED_REGIONS or hits.sum() < 2 or (1 - hits).sum() < 2:
         return {}
-    clipped = np.clip(np.asarray(scores, dtype=np.float64), 1e-6, 1 - 1e-6)
-    logit = np.log(clipped / (1 - clipped))
+    logit = _logit(scores)
 
     def loss(log_slope_offset: np.ndarray) -> float:
         # The slope is exp(u): scores keep their order. A pull towards slope 1 keeps a few regions from
@@ -322,6 +321,12 @@ def platt(scores: Sequence[float], hits: Sequence[bool]) -> dict[str, float]:
         offset = minimize(lambda b: loss(np.array([0.0, b[0]])), np.array([0.0]), method="Nelder-Mead").x[0]
     return {"score_slope": float(np.clip(np.exp(log_slope), 1e-3, 1.0)),
             "score_offset": float(np.clip(offset, -100.0, 100.0))}
+
+
+def _logit(probability: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Return log(p / (1 - p)) of probabilities clipped to [1e-6, 1 - 1e-6]."""
+    clipped = np.clip(np.asarray(probability, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(clipped / (1 - clipped))
 
 
 def _label_thresholds(examples: Sequence[Example], labels: Sequence[str], options: ProjectOptions,
